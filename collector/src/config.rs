@@ -1,0 +1,469 @@
+//! Configuration of `idtrail serve`. Every field has a default, so no config file is needed.
+//!
+//! Precedence, lowest to highest: defaults, the YAML file, `IDTRAIL__SECTION__FIELD` environment
+//! variables, then `--set section.field=value` and the dedicated CLI flags. Overrides are applied
+//! to the YAML tree before it is typed, so every field can be overridden the same way.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the WAL (`wal/`) and the tables (`spans/`, `chains/`, `edges/`).
+    pub data_dir: PathBuf,
+    /// HMAC key file for credential fingerprints. Created (32 random bytes, mode 0600) on first
+    /// start when absent. Keep it outside the data directory: the Parquet files alone must not be
+    /// enough to brute-force low-entropy secrets. Default: `<data_dir>.fingerprint.key`.
+    pub key_file: Option<PathBuf>,
+    /// Name of this collector in published file names. Give each collector writing to one store
+    /// its own; it must stay the same across restarts of one collector (WAL replay relies on it).
+    pub writer_id: String,
+    /// OTLP receivers.
+    pub receivers: ReceiversConfig,
+    /// Write-ahead log.
+    pub wal: WalConfig,
+    /// Parquet writer.
+    pub writer: WriterConfig,
+    /// Retry deduplication of (trace_id, span_id).
+    pub dedup: DedupConfig,
+    /// Which OTel attributes fill which lineage columns.
+    pub extraction: ExtractionConfig,
+    /// Detection of secret-bearing attributes.
+    pub secrets: SecretsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./idtrail-data"),
+            key_file: None,
+            writer_id: "local".into(),
+            receivers: ReceiversConfig::default(),
+            wal: WalConfig::default(),
+            writer: WriterConfig::default(),
+            dedup: DedupConfig::default(),
+            extraction: ExtractionConfig::default(),
+            secrets: SecretsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiversConfig {
+    /// OTLP/gRPC listen address (TraceService/Export). Loopback by default: expose it
+    /// deliberately, with ingest auth.
+    pub grpc_address: SocketAddr,
+    /// OTLP/HTTP listen address: `POST /v1/traces`, plus `/healthz`, `/readyz` and `/metrics`.
+    pub http_address: SocketAddr,
+    /// Largest request accepted, in bytes, checked after decompression on every path. Larger
+    /// requests get RESOURCE_EXHAUSTED / HTTP 413 and are not retried by clients.
+    pub max_request_bytes: usize,
+    /// Decoded request bytes allowed in flight at once. Past it, requests are refused as
+    /// UNAVAILABLE / HTTP 503 with a retry hint instead of queueing without bound.
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for ReceiversConfig {
+    fn default() -> Self {
+        ReceiversConfig {
+            grpc_address: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_address: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_bytes: 64 << 20,
+            max_inflight_bytes: 256 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// A segment file is closed and a new one started past this many bytes. Whole segments are
+    /// deleted once every record in them is in published Parquet files.
+    pub segment_bytes: u64,
+    /// Longest a commit waits to gather more requests into one fsync. Zero: commit as soon as
+    /// the previous fsync returns (concurrent requests still share fsyncs).
+    #[serde(with = "humantime_serde")]
+    pub commit_delay: Duration,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_bytes: 64 << 20,
+            commit_delay: Duration::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Buffered spans are written out once the oldest has waited this long, so spans become
+    /// visible in Parquet within about this time of arrival.
+    #[serde(with = "humantime_serde")]
+    pub max_file_age: Duration,
+    /// Buffered spans are written out once their in-memory size passes this many bytes.
+    pub max_buffer_bytes: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level of Parquet pages (1 fastest .. 22 smallest).
+    pub zstd_level: i32,
+    /// Columns of the spans table that get a Parquet bloom filter, for point lookups by id.
+    pub bloom_filter_columns: Vec<String>,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_file_age: Duration::from_secs(8),
+            max_buffer_bytes: 256 << 20,
+            row_group_rows: 128 * 1024,
+            zstd_level: 3,
+            bloom_filter_columns: vec!["trace_id".into(), "credential_fp".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    /// A (trace_id, span_id) seen within this window is dropped as a retry. Exporters retry for
+    /// tens of seconds at most, so minutes are plenty.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Upper bound on remembered ids per half-window, which bounds memory (16 bytes each).
+    pub max_entries: usize,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            window: Duration::from_secs(300),
+            max_entries: 4_000_000,
+        }
+    }
+}
+
+/// Attribute lists, in priority order: the first attribute present wins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtractionConfig {
+    pub user_id: Vec<String>,
+    pub user_roles: Vec<String>,
+    pub session_id: Vec<String>,
+    pub agent_id: Vec<String>,
+    pub agent_name: Vec<String>,
+    pub genai_operation: Vec<String>,
+    pub tool_name: Vec<String>,
+    pub tool_call_id: Vec<String>,
+    pub client_address: Vec<String>,
+    /// Token scopes when no decoded token carries them.
+    pub scopes: Vec<String>,
+    /// Non-secret credential ids used when no secret is present: token ids (`jti`).
+    pub token_id: Vec<String>,
+    /// Gateway consumer/credential ids, used when neither a secret nor a token id is present.
+    pub gateway_credential: Vec<String>,
+    pub http_method: Vec<String>,
+    pub http_route: Vec<String>,
+    pub http_status: Vec<String>,
+    pub rpc_system: Vec<String>,
+    pub rpc_method: Vec<String>,
+    pub rpc_service: Vec<String>,
+    pub mcp_method: Vec<String>,
+    pub mcp_resource_uri: Vec<String>,
+    pub server_address: Vec<String>,
+    pub db_system: Vec<String>,
+    pub db_operation: Vec<String>,
+    pub db_namespace: Vec<String>,
+    pub db_collection: Vec<String>,
+    pub messaging_system: Vec<String>,
+    pub messaging_operation: Vec<String>,
+    pub messaging_destination: Vec<String>,
+    pub url_full: Vec<String>,
+    pub url_path: Vec<String>,
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for ExtractionConfig {
+    fn default() -> Self {
+        ExtractionConfig {
+            user_id: strings(&["user.id", "enduser.id", "enduser.pseudo.id", "user.hash"]),
+            user_roles: strings(&["user.roles", "enduser.role"]),
+            session_id: strings(&[
+                "session.id",
+                "gen_ai.conversation.id",
+                "mcp.session.id",
+                "a2a.task.id",
+            ]),
+            agent_id: strings(&["gen_ai.agent.id"]),
+            agent_name: strings(&["gen_ai.agent.name"]),
+            genai_operation: strings(&["gen_ai.operation.name"]),
+            tool_name: strings(&["gen_ai.tool.name"]),
+            tool_call_id: strings(&["gen_ai.tool.call.id"]),
+            client_address: strings(&["client.address"]),
+            scopes: strings(&["enduser.scope"]),
+            token_id: strings(&["jti", "token.jti", "auth.token.jti"]),
+            gateway_credential: strings(&["kong.credential", "kong.consumer"]),
+            http_method: strings(&["http.request.method", "http.method"]),
+            http_route: strings(&["http.route", "url.template"]),
+            http_status: strings(&["http.response.status_code", "http.status_code"]),
+            rpc_system: strings(&["rpc.system.name", "rpc.system"]),
+            rpc_method: strings(&["rpc.method"]),
+            rpc_service: strings(&["rpc.service"]),
+            mcp_method: strings(&["mcp.method.name"]),
+            mcp_resource_uri: strings(&["mcp.resource.uri"]),
+            server_address: strings(&["server.address", "net.peer.name"]),
+            db_system: strings(&["db.system.name", "db.system"]),
+            db_operation: strings(&["db.operation.name", "db.operation"]),
+            db_namespace: strings(&["db.namespace", "db.name"]),
+            db_collection: strings(&["db.collection.name", "db.sql.table"]),
+            messaging_system: strings(&["messaging.system"]),
+            messaging_operation: strings(&[
+                "messaging.operation.type",
+                "messaging.operation.name",
+                "messaging.operation",
+            ]),
+            messaging_destination: strings(&["messaging.destination.name"]),
+            url_full: strings(&["url.full", "http.url"]),
+            url_path: strings(&["url.path", "http.target"]),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Attribute keys whose string values are secrets, matched case-insensitively against the
+    /// whole key or its last dot-separated part (`http.request.header.authorization`).
+    pub exact_keys: Vec<String>,
+    /// A key containing any of these (case-insensitive) holds a secret.
+    pub key_substrings: Vec<String>,
+    /// Keys starting with these prefixes are never treated as secrets: they match a substring
+    /// above but hold counts, not credentials (`gen_ai.usage.input_tokens`).
+    pub exempt_key_prefixes: Vec<String>,
+    /// Query parameters of `url.full` whose values are secrets (case-insensitive).
+    pub url_query_params: Vec<String>,
+    /// A JWKS file (RFC 7517 JSON). When set, JWT signatures are checked against it and the
+    /// result recorded in `token_verified`; otherwise claims are decoded unverified.
+    pub jwks_file: Option<PathBuf>,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        SecretsConfig {
+            exact_keys: strings(&["authorization", "cookie", "set-cookie", "x-api-key"]),
+            key_substrings: strings(&[
+                "token", "api_key", "apikey", "api-key", "secret", "password", "passwd",
+            ]),
+            exempt_key_prefixes: strings(&[
+                "gen_ai.usage.",
+                "gen_ai.request.max_tokens",
+                "gen_ai.token.type",
+                "llm.usage.",
+            ]),
+            url_query_params: strings(&[
+                "sig",
+                "signature",
+                "x-amz-signature",
+                "x-amz-security-token",
+                "x-goog-signature",
+                "token",
+                "access_token",
+                "id_token",
+                "refresh_token",
+                "api_key",
+                "apikey",
+                "key",
+                "password",
+                "client_secret",
+                "code",
+            ]),
+            jwks_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `idtrail_collector=debug`. `RUST_LOG` wins.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Prefix of environment variables that override config fields: `IDTRAIL__WAL__SEGMENT_BYTES`.
+pub const ENV_PREFIX: &str = "IDTRAIL__";
+
+impl Config {
+    /// Builds the config from an optional YAML file, environment overrides and `path=value`
+    /// overrides (dotted paths, e.g. `writer.max_file_age=2s`), in that order of precedence.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(String, String)],
+    ) -> Result<Config> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+                let value: serde_json::Value = serde_saphyr::from_str(&text)
+                    .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+                if value.is_null() {
+                    serde_json::json!({})
+                } else {
+                    value
+                }
+            }
+            None => serde_json::json!({}),
+        };
+        for (key, value) in env {
+            if let Some(path) = key.strip_prefix(ENV_PREFIX) {
+                let dotted = path.to_ascii_lowercase().replace("__", ".");
+                set_path(&mut tree, &dotted, &value)?;
+            }
+        }
+        for (path, value) in overrides {
+            set_path(&mut tree, path, value)?;
+        }
+        let config: Config =
+            serde_json::from_value(tree).map_err(|e| Error::config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.writer_id.is_empty()
+            || !self
+                .writer_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(Error::config(
+                "writer_id must be non-empty ASCII letters, digits or '_'",
+            ));
+        }
+        if self.receivers.max_request_bytes == 0 || self.wal.segment_bytes == 0 {
+            return Err(Error::config(
+                "receivers.max_request_bytes and wal.segment_bytes must be positive",
+            ));
+        }
+        if !(1..=22).contains(&self.writer.zstd_level) {
+            return Err(Error::config("writer.zstd_level must be within 1..=22"));
+        }
+        Ok(())
+    }
+
+    /// The key file, defaulting to a sibling of the data directory.
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| crate::extract::fingerprint::default_key_path(&self.data_dir))
+    }
+}
+
+/// Sets `a.b.c` in a JSON tree to `raw`, read as a YAML scalar (so `8s`, `true`, `12`, `[a, b]`
+/// get their natural types).
+fn set_path(tree: &mut serde_json::Value, dotted: &str, raw: &str) -> Result<()> {
+    let value: serde_json::Value = serde_saphyr::from_str(raw)
+        .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+    let mut node = tree;
+    let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(Error::config(format!("empty override path {dotted:?}")));
+    };
+    for part in parents {
+        if !node.is_object() {
+            *node = serde_json::json!({});
+        }
+        node = node
+            .as_object_mut()
+            .map(|m| m.entry(part.to_string()).or_insert(serde_json::json!({})))
+            .ok_or_else(|| Error::config(format!("cannot override {dotted}")))?;
+    }
+    match node.as_object_mut() {
+        Some(map) => {
+            map.insert(last.to_string(), value);
+            Ok(())
+        }
+        None => Err(Error::config(format!("cannot override {dotted}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(c.receivers.grpc_address.to_string(), "127.0.0.1:4317");
+        assert_eq!(c.data_dir, PathBuf::from("./idtrail-data"));
+    }
+
+    #[test]
+    fn env_and_overrides_win_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "data_dir: /from/file\nwal:\n  segment_bytes: 1000\nwriter:\n  max_file_age: 3s\n",
+        )
+        .unwrap();
+        let env = vec![
+            ("IDTRAIL__WAL__SEGMENT_BYTES".to_string(), "2000".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(
+            Some(&file),
+            env,
+            &[("writer.max_file_age".into(), "1500ms".into())],
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.wal.segment_bytes, 2000);
+        assert_eq!(c.writer.max_file_age, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = Config::load(None, Vec::new(), &[("wal.segmnet_bytes".into(), "1".into())]);
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../idtrail.example.yaml");
+        let c = Config::load(Some(&path), Vec::new(), &[]).unwrap();
+        assert_eq!(c.writer_id, "local");
+    }
+}

@@ -1,0 +1,451 @@
+//! From an OTLP export request to a [`SpanBatch`]: validate each span, scrub secrets, and fill
+//! the identity, credential, API and side-effect columns by the configured mapping.
+
+pub mod attributes;
+pub mod fingerprint;
+pub mod jwt;
+pub mod mapping;
+pub mod secrets;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::record::{
+    BatchHeader, Credential, CredentialKind, ResourceInfo, SpanBatch, SpanKind, SpanRow,
+    StatusCode,
+};
+use crate::telemetry::Telemetry;
+use attributes::Value;
+use fingerprint::Fingerprinter;
+use jwt::JwtDecoder;
+use mapping::{Field, Mapping};
+use secrets::{FoundSecret, SecretScrubber};
+
+/// Most attributes kept per span or resource (the OpenTelemetry SDK's default limit is 128;
+/// this leaves room for flattened maps). The rest are dropped and counted.
+pub const MAX_ATTRIBUTES: usize = 512;
+
+/// What one request became.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    pub batch: SpanBatch,
+    /// Spans that failed validation, by reason.
+    pub rejected: BTreeMap<&'static str, usize>,
+}
+
+impl Extracted {
+    pub fn rejected_count(&self) -> usize {
+        self.rejected.values().sum()
+    }
+
+    /// The `partial_success.error_message` for the rejected spans, or `None` when all passed.
+    pub fn rejection_message(&self) -> Option<String> {
+        if self.rejected.is_empty() {
+            return None;
+        }
+        let reasons: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|(reason, n)| format!("{n} × {reason}"))
+            .collect();
+        Some(format!(
+            "{} invalid spans rejected: {}",
+            self.rejected_count(),
+            reasons.join("; ")
+        ))
+    }
+}
+
+pub struct Extractor {
+    mapping: Mapping,
+    scrubber: SecretScrubber,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Extractor {
+    pub fn new(
+        config: &Config,
+        fingerprinter: Fingerprinter,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Extractor> {
+        let jwt = JwtDecoder::new(config.secrets.jwks_file.as_deref())?;
+        Ok(Extractor {
+            mapping: Mapping::new(&config.extraction),
+            scrubber: SecretScrubber::new(
+                &config.secrets,
+                &config.extraction.url_full,
+                fingerprinter,
+                jwt,
+            ),
+            telemetry,
+        })
+    }
+
+    pub fn extract(
+        &self,
+        request: ExportTraceServiceRequest,
+        ingest_principal: Option<String>,
+        ingested_at: i64,
+    ) -> Extracted {
+        let mut header = BatchHeader {
+            ingest_principal,
+            ingested_at,
+            resources: Vec::with_capacity(request.resource_spans.len()),
+        };
+        let mut out = Extracted::default();
+        for resource_spans in request.resource_spans {
+            let resource_index = header.resources.len() as u32;
+            let resource = self.resource(resource_spans.resource);
+            for scope_spans in resource_spans.scope_spans {
+                let scope = scope_spans.scope.map(|s| (s.name, s.version));
+                for span in scope_spans.spans {
+                    match self.span(span, resource_index, &resource, scope.as_ref()) {
+                        Ok(row) => out.batch.spans.push(row),
+                        Err(reason) => *out.rejected.entry(reason).or_default() += 1,
+                    }
+                }
+            }
+            header.resources.push(resource);
+        }
+        out.batch.header = Arc::new(header);
+        out
+    }
+
+    fn scrub_all(&self, attrs: &mut [(String, Value)]) -> Vec<FoundSecret> {
+        let mut found = Vec::new();
+        for (key, value) in attrs.iter_mut() {
+            self.scrubber.scrub_attribute(key, value, &mut found);
+        }
+        found
+    }
+
+    fn count_secrets(&self, found: &[FoundSecret]) {
+        for secret in found {
+            self.telemetry.secret_fingerprinted(secret.kind.as_str());
+        }
+    }
+
+    fn resource(&self, resource: Option<Resource>) -> ResourceInfo {
+        let mut attrs = Vec::new();
+        if let Some(resource) = resource {
+            attributes::flatten(resource.attributes, MAX_ATTRIBUTES, &mut attrs);
+        }
+        let found = self.scrub_all(&mut attrs);
+        self.count_secrets(&found);
+        let mut info = ResourceInfo {
+            workload_id: spiffe_id(&attrs),
+            ..ResourceInfo::default()
+        };
+        for (key, value) in attrs {
+            let slot = match key.as_str() {
+                "service.name" => &mut info.service_name,
+                "service.namespace" => &mut info.service_namespace,
+                "service.instance.id" => &mut info.service_instance_id,
+                "k8s.cluster.name" => &mut info.k8s_cluster,
+                "k8s.namespace.name" => &mut info.k8s_namespace,
+                "k8s.pod.name" => &mut info.k8s_pod,
+                _ => {
+                    info.attributes.push((key, value.into_map_value()));
+                    continue;
+                }
+            };
+            *slot = Some(value.into_map_value());
+        }
+        info
+    }
+
+    fn span(
+        &self,
+        span: Span,
+        resource_index: u32,
+        resource: &ResourceInfo,
+        scope: Option<&(String, String)>,
+    ) -> Result<SpanRow, &'static str> {
+        let trace_id: [u8; 16] = valid_id(&span.trace_id)
+            .ok_or("trace_id must be 16 bytes and not all zero")?;
+        let span_id: [u8; 8] =
+            valid_id(&span.span_id).ok_or("span_id must be 8 bytes and not all zero")?;
+        let parent_span_id = match span.parent_span_id.len() {
+            0 => None,
+            _ => Some(
+                valid_id(&span.parent_span_id)
+                    .ok_or("parent_span_id must be empty or 8 bytes, not all zero")?,
+            ),
+        };
+        if span.start_time_unix_nano == 0 {
+            return Err("start_time_unix_nano is missing");
+        }
+        if span.end_time_unix_nano < span.start_time_unix_nano {
+            return Err("end_time_unix_nano precedes start_time_unix_nano");
+        }
+        let start_time = i64::try_from(span.start_time_unix_nano)
+            .map_err(|_| "start_time_unix_nano is out of range")?;
+        let end_time = i64::try_from(span.end_time_unix_nano)
+            .map_err(|_| "end_time_unix_nano is out of range")?;
+
+        let mut attrs = Vec::with_capacity(span.attributes.len() + 2);
+        attributes::flatten(span.attributes, MAX_ATTRIBUTES, &mut attrs);
+        if let Some((name, version)) = scope.filter(|(name, _)| !name.is_empty()) {
+            attrs.push(("otel.scope.name".into(), Value::Text(name.clone())));
+            if !version.is_empty() {
+                attrs.push(("otel.scope.version".into(), Value::Text(version.clone())));
+            }
+        }
+        let mut found = self.scrub_all(&mut attrs);
+        let mut name = span.name;
+        self.scrubber.scrub_text("name", &mut name, &mut found);
+        let mut status_message = span
+            .status
+            .as_ref()
+            .map(|s| s.message.clone())
+            .filter(|m| !m.is_empty());
+        if let Some(message) = status_message.as_mut() {
+            self.scrubber
+                .scrub_text("status.message", message, &mut found);
+        }
+        self.count_secrets(&found);
+
+        let kind = SpanKind::from_otlp(span.kind);
+        let mut row = SpanRow {
+            resource: resource_index,
+            trace_id,
+            span_id,
+            parent_span_id,
+            start_time,
+            end_time,
+            name,
+            kind,
+            status_code: StatusCode::from_otlp(span.status.as_ref().map_or(0, |s| s.code)),
+            status_message,
+            links: span
+                .links
+                .iter()
+                .filter_map(|l| Some((valid_id(&l.trace_id)?, valid_id(&l.span_id)?)))
+                .collect(),
+            ..SpanRow::default()
+        };
+
+        let workload = spiffe_id(&attrs);
+        let mut m = self.mapping.match_attributes(&attrs);
+        identity(&mut m, &mut row);
+        credential(&mut m, &mut row, found);
+        api_call(&mut m, &mut row);
+        side_effect(&mut m, &mut row);
+        row.workload_id = workload.or_else(|| resource.workload_id.clone());
+        let mut consumed = m.into_consumed();
+        consumed.sort_unstable();
+        consumed.dedup();
+        row.attributes = attrs
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| consumed.binary_search(i).is_err())
+            .map(|(_, (k, v))| (k, v.into_map_value()))
+            .collect();
+        Ok(row)
+    }
+}
+
+/// An id of exactly `N` bytes that is not all zero, as OTLP requires.
+fn valid_id<const N: usize>(bytes: &[u8]) -> Option<[u8; N]> {
+    let id: [u8; N] = bytes.try_into().ok()?;
+    id.iter().any(|b| *b != 0).then_some(id)
+}
+
+/// A SPIFFE ID found in any attribute value.
+fn spiffe_id(attrs: &[(String, Value)]) -> Option<String> {
+    attrs.iter().find_map(|(_, v)| match v {
+        Value::Text(s) if s.starts_with("spiffe://") => Some(s.clone()),
+        Value::List(items) => items.iter().find(|s| s.starts_with("spiffe://")).cloned(),
+        _ => None,
+    })
+}
+
+fn identity(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
+    row.user_id = m.take_string(Field::UserId);
+    row.user_roles = m
+        .take(Field::UserRoles)
+        .map(Value::to_list)
+        .unwrap_or_default();
+    row.session_id = m.take_string(Field::SessionId);
+    row.agent_name = m.take_string(Field::AgentName);
+    row.agent_id = m
+        .take_string(Field::AgentId)
+        .or_else(|| row.agent_name.clone());
+    row.genai_operation = m.take_string(Field::GenaiOperation);
+    row.tool_name = m.peek_str(Field::ToolName).map(str::to_string);
+    if row.tool_name.is_some() {
+        m.take(Field::ToolName);
+    }
+    row.tool_call_id = m.take_string(Field::ToolCallId);
+    row.client_address = m.take_string(Field::ClientAddress);
+}
+
+/// The credential the span presented: a secret (Authorization first), else a token id, else a
+/// gateway credential id. Its JWT claims fill the token columns and, for user tokens, the user.
+fn credential(m: &mut mapping::Matches<'_>, row: &mut SpanRow, found: Vec<FoundSecret>) {
+    let presented = found.into_iter().min_by_key(FoundSecret::rank);
+    if let Some(secret) = presented {
+        if let Some(token) = secret.token {
+            if row.user_id.is_none() && token.is_user_token {
+                row.user_id = token.claims.sub.clone();
+            }
+            row.token = Some(token.claims);
+        }
+        row.credential = Some(Credential {
+            fingerprint: secret.fingerprint,
+            kind: secret.kind,
+            attribute: secret.attribute,
+        });
+    } else if let Some(key) = m.key(Field::TokenId).map(str::to_string) {
+        if let Some(jti) = m.take_string(Field::TokenId) {
+            row.credential = Some(Credential {
+                fingerprint: format!("jti:{jti}"),
+                kind: CredentialKind::Jwt,
+                attribute: key,
+            });
+        }
+    } else if let Some(key) = m.key(Field::GatewayCredential).map(str::to_string) {
+        if let Some(id) = m.take_string(Field::GatewayCredential) {
+            row.credential = Some(Credential {
+                fingerprint: format!("gw:{id}"),
+                kind: CredentialKind::GatewayId,
+                attribute: key,
+            });
+        }
+    }
+    let token_has_scopes = row.token.as_ref().is_some_and(|t| !t.scopes.is_empty());
+    if !token_has_scopes {
+        if let Some(scopes) = m.take_string(Field::Scopes) {
+            let token = row.token.get_or_insert_with(Default::default);
+            token.scopes = scopes.split_whitespace().map(str::to_string).collect();
+        }
+    }
+}
+
+fn api_call(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
+    row.http_status = m
+        .peek_str(Field::HttpStatus)
+        .and_then(|s| s.parse().ok())
+        .inspect(|_| {
+            m.take(Field::HttpStatus);
+        });
+    if !matches!(row.kind, SpanKind::Server | SpanKind::Client) {
+        return;
+    }
+    if let Some(method) = m.take_string(Field::McpMethod) {
+        row.api_protocol = Some("mcp");
+        row.api_route = row
+            .tool_name
+            .clone()
+            .or_else(|| m.peek_str(Field::McpResourceUri).map(str::to_string));
+        row.api_method = Some(method);
+    } else if m.peek_str(Field::RpcSystem).is_some() {
+        m.take(Field::RpcSystem);
+        let service = m.take_string(Field::RpcService);
+        let method = m.take_string(Field::RpcMethod);
+        row.api_protocol = Some("rpc");
+        row.api_route = service
+            .clone()
+            .or_else(|| method.as_deref().and_then(|m| m.rsplit_once('/')).map(|(s, _)| s.to_string()));
+        row.api_method = match (service, method) {
+            (Some(s), Some(m)) if !m.contains('/') => Some(format!("{s}/{m}")),
+            (_, m) => m,
+        };
+    } else if let Some(method) = m.take_string(Field::HttpMethod) {
+        row.api_protocol = Some("http");
+        row.api_method = Some(method);
+        row.api_route = m.take_string(Field::HttpRoute);
+    } else {
+        return;
+    }
+    row.api_target = m.take_string(Field::ServerAddress);
+}
+
+const UNSAFE_HTTP_METHODS: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
+const READ_DB_OPERATIONS: &[&str] = &["SELECT", "GET", "FIND", "READ", "SCAN", "QUERY", "MGET"];
+const WRITE_MESSAGING_OPERATIONS: &[&str] = &["send", "create", "publish"];
+
+fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
+    if !matches!(
+        row.kind,
+        SpanKind::Client | SpanKind::Producer | SpanKind::Internal | SpanKind::Unspecified
+    ) {
+        return;
+    }
+    if m.peek_str(Field::DbSystem).is_some() {
+        m.take(Field::DbSystem);
+        let operation = m.take_string(Field::DbOperation).or_else(|| {
+            // Older instrumentations only record the statement: its first keyword is the verb.
+            m.peek_str(Field::DbQueryText)
+                .and_then(|q| q.split_whitespace().next())
+                .map(str::to_ascii_uppercase)
+        });
+        let namespace = m.take_string(Field::DbNamespace);
+        let collection = m.take_string(Field::DbCollection);
+        row.effect_kind = Some("db");
+        row.effect_target = match (namespace, collection) {
+            (Some(ns), Some(c)) => Some(format!("{ns}.{c}")),
+            (ns, c) => c.or(ns).or_else(|| m.peek_str(Field::ServerAddress).map(str::to_string)),
+        };
+        row.effect_is_write = operation
+            .as_deref()
+            .map(|op| !READ_DB_OPERATIONS.iter().any(|r| r.eq_ignore_ascii_case(op)));
+        row.effect_operation = operation;
+    } else if m.peek_str(Field::MessagingSystem).is_some() {
+        m.take(Field::MessagingSystem);
+        let operation = m.take_string(Field::MessagingOperation);
+        row.effect_kind = Some("messaging");
+        row.effect_target = m.take_string(Field::MessagingDestination);
+        row.effect_is_write = Some(operation.as_deref().is_some_and(|op| {
+            WRITE_MESSAGING_OPERATIONS
+                .iter()
+                .any(|w| w.eq_ignore_ascii_case(op))
+        }));
+        row.effect_operation = operation;
+    } else if let Some(uri) = m.peek_str(Field::McpResourceUri) {
+        let uri = uri.to_string();
+        m.take(Field::McpResourceUri);
+        let method = row
+            .api_method
+            .clone()
+            .or_else(|| m.peek_str(Field::McpMethod).map(str::to_string));
+        row.effect_kind = Some("mcp_resource");
+        row.effect_is_write = Some(method.as_deref().is_some_and(|m| {
+            !matches!(
+                m,
+                "resources/read" | "resources/list" | "resources/subscribe" | "resources/unsubscribe"
+            )
+        }));
+        row.effect_operation = method;
+        row.effect_target = Some(uri);
+    } else if row.kind == SpanKind::Client && row.api_protocol == Some("http") {
+        let Some(method) = row.api_method.as_deref() else {
+            return;
+        };
+        if !UNSAFE_HTTP_METHODS.iter().any(|u| u.eq_ignore_ascii_case(method)) {
+            return;
+        }
+        let path = row
+            .api_route
+            .clone()
+            .or_else(|| m.peek_str(Field::UrlPath).map(str::to_string))
+            .or_else(|| {
+                m.peek_str(Field::UrlFull)
+                    .and_then(|u| url::Url::parse(u).ok())
+                    .map(|u| u.path().to_string())
+            });
+        row.effect_kind = Some("http");
+        row.effect_operation = Some(method.to_ascii_uppercase());
+        row.effect_target = match (row.api_target.as_deref(), path) {
+            (Some(host), Some(path)) => Some(format!("{host}{path}")),
+            (host, path) => path.or(host.map(str::to_string)),
+        };
+        row.effect_is_write = Some(true);
+    }
+}

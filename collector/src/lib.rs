@@ -1,0 +1,15 @@
+//! The idtrail collector: OTLP receivers, credential scrubbing, identity extraction, the
+//! write-ahead log and the Parquet writer.
+//!
+//! Data takes one path: a receiver decodes a request, [`extract::Extractor`] turns it into a
+//! scrubbed [`record::SpanBatch`], [`wal::Wal`] makes it durable (then the request is
+//! acknowledged), and [`writer`] publishes it as Parquet and checkpoints the WAL.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod record;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,292 @@
+//! Self-telemetry as named events: each method logs the event and counts it, so `/metrics` and
+//! the log always tell the same story. Exposed as Prometheus text on the HTTP port.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+/// All of the collector's metrics, registered once.
+pub struct Telemetry {
+    registry: Registry,
+    requests: Family<OutcomeLabel, Counter>,
+    request_bytes: Family<ProtocolLabel, Counter>,
+    spans_received: Counter,
+    spans_accepted: Counter,
+    spans_rejected: Counter,
+    spans_duplicate: Counter,
+    secrets_fingerprinted: Family<KindLabel, Counter>,
+    wal_fsync_seconds: Histogram,
+    wal_bytes: Counter,
+    wal_write_errors: Counter,
+    wal_replayed_spans: Counter,
+    wal_torn_bytes: Counter,
+    wal_torn_records: Counter,
+    flush_seconds: Histogram,
+    files_written: Family<TableLabel, Counter>,
+    rows_written: Family<TableLabel, Counter>,
+    file_bytes_written: Family<TableLabel, Counter>,
+    buffered_spans: Gauge,
+    inflight_bytes: Gauge,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Telemetry {
+        let mut registry = Registry::with_prefix("idtrail");
+        let latency = || Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        let t = Telemetry {
+            requests: Family::default(),
+            request_bytes: Family::default(),
+            spans_received: Counter::default(),
+            spans_accepted: Counter::default(),
+            spans_rejected: Counter::default(),
+            spans_duplicate: Counter::default(),
+            secrets_fingerprinted: Family::default(),
+            wal_fsync_seconds: latency(),
+            wal_bytes: Counter::default(),
+            wal_write_errors: Counter::default(),
+            wal_replayed_spans: Counter::default(),
+            wal_torn_bytes: Counter::default(),
+            wal_torn_records: Counter::default(),
+            flush_seconds: latency(),
+            files_written: Family::default(),
+            rows_written: Family::default(),
+            file_bytes_written: Family::default(),
+            buffered_spans: Gauge::default(),
+            inflight_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "export_requests",
+            "Export requests by protocol and outcome",
+            t.requests.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Request body bytes received, after decompression",
+            t.request_bytes.clone(),
+        );
+        registry.register(
+            "spans_received",
+            "Spans received in decodable requests",
+            t.spans_received.clone(),
+        );
+        registry.register(
+            "spans_accepted",
+            "Spans acknowledged (durable in the WAL)",
+            t.spans_accepted.clone(),
+        );
+        registry.register(
+            "spans_rejected",
+            "Invalid spans rejected through partial_success",
+            t.spans_rejected.clone(),
+        );
+        registry.register(
+            "spans_duplicate",
+            "Spans dropped as retried duplicates of a stored (trace_id, span_id)",
+            t.spans_duplicate.clone(),
+        );
+        registry.register(
+            "secrets_fingerprinted",
+            "Secret values replaced by keyed fingerprints, by credential kind",
+            t.secrets_fingerprinted.clone(),
+        );
+        registry.register(
+            "wal_fsync_seconds",
+            "Duration of one WAL group commit (write + fdatasync)",
+            t.wal_fsync_seconds.clone(),
+        );
+        registry.register(
+            "wal_written_bytes",
+            "Bytes appended to the WAL",
+            t.wal_bytes.clone(),
+        );
+        registry.register(
+            "wal_write_errors",
+            "WAL writes or fsyncs that failed (requests refused as UNAVAILABLE)",
+            t.wal_write_errors.clone(),
+        );
+        registry.register(
+            "wal_replayed_spans",
+            "Spans replayed from the WAL at startup",
+            t.wal_replayed_spans.clone(),
+        );
+        registry.register(
+            "wal_torn_bytes",
+            "Bytes cut from torn or corrupt WAL tails at startup",
+            t.wal_torn_bytes.clone(),
+        );
+        registry.register(
+            "wal_torn_records",
+            "Torn or corrupt WAL tails cut at startup",
+            t.wal_torn_records.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Duration of one Parquet flush (encode, fsync, publish)",
+            t.flush_seconds.clone(),
+        );
+        registry.register(
+            "files_written",
+            "Parquet files published, by table",
+            t.files_written.clone(),
+        );
+        registry.register(
+            "rows_written",
+            "Rows written to published Parquet files, by table",
+            t.rows_written.clone(),
+        );
+        registry.register(
+            "file_written_bytes",
+            "Bytes of published Parquet files, by table",
+            t.file_bytes_written.clone(),
+        );
+        registry.register(
+            "buffered_spans",
+            "Spans acknowledged but not yet in a published Parquet file",
+            t.buffered_spans.clone(),
+        );
+        registry.register(
+            "inflight_bytes",
+            "Decoded request bytes currently being processed",
+            t.inflight_bytes.clone(),
+        );
+        Telemetry { registry, ..t }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn request_received(&self, protocol: &'static str, bytes: usize) {
+        self.request_bytes
+            .get_or_create(&ProtocolLabel { protocol })
+            .inc_by(bytes as u64);
+    }
+
+    pub fn request_finished(&self, protocol: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&OutcomeLabel { protocol, outcome })
+            .inc();
+    }
+
+    pub fn request_refused(&self, protocol: &'static str, error: &crate::Error) {
+        let outcome = if error.is_retryable() {
+            "retryable_error"
+        } else {
+            "rejected"
+        };
+        tracing::warn!(protocol, %error, "export request refused");
+        self.request_finished(protocol, outcome);
+    }
+
+    pub fn spans_received(&self, n: usize) {
+        self.spans_received.inc_by(n as u64);
+    }
+
+    pub fn spans_accepted(&self, n: usize) {
+        self.spans_accepted.inc_by(n as u64);
+    }
+
+    pub fn spans_rejected(&self, n: usize, reason: &str) {
+        if n > 0 {
+            tracing::debug!(count = n, reason, "invalid spans rejected");
+            self.spans_rejected.inc_by(n as u64);
+        }
+    }
+
+    pub fn spans_duplicate(&self, n: usize) {
+        if n > 0 {
+            tracing::debug!(count = n, "retried duplicate spans dropped");
+            self.spans_duplicate.inc_by(n as u64);
+        }
+    }
+
+    pub fn secret_fingerprinted(&self, kind: &'static str) {
+        self.secrets_fingerprinted
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    pub fn wal_committed(&self, bytes: usize, took: Duration) {
+        self.wal_bytes.inc_by(bytes as u64);
+        self.wal_fsync_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn wal_write_failed(&self, error: &std::io::Error) {
+        tracing::error!(%error, "WAL write failed; refusing exports until it recovers");
+        self.wal_write_errors.inc();
+    }
+
+    pub fn wal_replayed(&self, spans: usize) {
+        self.wal_replayed_spans.inc_by(spans as u64);
+    }
+
+    pub fn wal_tail_cut(&self, segment: &std::path::Path, offset: u64, bytes: u64) {
+        tracing::warn!(
+            segment = %segment.display(),
+            offset,
+            bytes,
+            "cut torn or corrupt WAL tail at the last valid record"
+        );
+        self.wal_torn_records.inc();
+        self.wal_torn_bytes.inc_by(bytes);
+    }
+
+    pub fn flush_finished(&self, took: Duration) {
+        self.flush_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn file_published(&self, table: &'static str, path: &str, rows: usize, bytes: usize) {
+        tracing::debug!(table, path, rows, bytes, "published parquet file");
+        let label = TableLabel { table };
+        self.files_written.get_or_create(&label).inc();
+        self.rows_written.get_or_create(&label).inc_by(rows as u64);
+        self.file_bytes_written
+            .get_or_create(&label)
+            .inc_by(bytes as u64);
+    }
+
+    pub fn set_buffered_spans(&self, n: usize) {
+        self.buffered_spans.set(n as i64);
+    }
+
+    pub fn add_inflight_bytes(&self, delta: i64) {
+        self.inflight_bytes.inc_by(delta);
+    }
+}
