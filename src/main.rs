@@ -1,1 +1,111 @@
-fn main() {}
+//! The `idtrail` command line.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use idtrail_collector::Config;
+use idtrail_collector::config::LogFormat;
+
+#[derive(Parser)]
+#[command(name = "idtrail", version, about = "Identity-lineage observability over OpenTelemetry traces")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the collector: OTLP/gRPC and OTLP/HTTP in, scrubbed spans out as Parquet.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// YAML config file (see idtrail.example.yaml); every field has a default.
+    #[arg(long, short, env = "IDTRAIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (WAL and tables).
+    #[arg(long, env = "IDTRAIL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// OTLP/gRPC listen address.
+    #[arg(long, env = "IDTRAIL_GRPC_ADDRESS")]
+    grpc_address: Option<String>,
+    /// OTLP/HTTP listen address (also /healthz, /readyz, /metrics).
+    #[arg(long, env = "IDTRAIL_HTTP_ADDRESS")]
+    http_address: Option<String>,
+    /// Fingerprint key file (default: beside the data directory).
+    #[arg(long, env = "IDTRAIL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Override any config field: `--set writer.max_file_age=2s` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    set: Vec<String>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut overrides = Vec::new();
+        for item in &self.set {
+            let (path, value) = item
+                .split_once('=')
+                .with_context(|| format!("--set {item:?}: expected PATH=VALUE"))?;
+            overrides.push((path.trim().to_string(), value.to_string()));
+        }
+        let flags = [
+            ("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string())),
+            ("receivers.grpc_address", self.grpc_address.clone()),
+            ("receivers.http_address", self.http_address.clone()),
+            ("key_file", self.key_file.as_ref().map(|p| p.display().to_string())),
+        ];
+        for (path, value) in flags {
+            if let Some(value) = value {
+                overrides.push((path.to_string(), value));
+            }
+        }
+        Ok(Config::load(self.config.as_deref(), std::env::vars(), &overrides)?)
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Serve(args) => {
+            let config = args.config()?;
+            init_logging(&config);
+            runtime.block_on(idtrail_collector::server::serve(
+                config,
+                shutdown_signal(),
+                |_| {},
+            ))?;
+        }
+    }
+    Ok(())
+}

@@ -10,6 +10,10 @@ pub mod error;
 pub mod extract;
 pub mod record;
 pub mod telemetry;
+pub mod receiver;
+pub mod server;
+pub mod wal;
+pub mod writer;
 
 pub use config::Config;
 pub use error::{Error, Result};

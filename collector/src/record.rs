@@ -62,13 +62,13 @@ pub struct SpanRow {
     pub credential: Option<Credential>,
     pub token: Option<TokenClaims>,
 
-    pub api_protocol: Option<&'static str>,
+    pub api_protocol: Option<ApiProtocol>,
     pub api_method: Option<String>,
     pub api_route: Option<String>,
     pub api_target: Option<String>,
     pub http_status: Option<i32>,
 
-    pub effect_kind: Option<&'static str>,
+    pub effect_kind: Option<EffectKind>,
     pub effect_operation: Option<String>,
     pub effect_target: Option<String>,
     pub effect_is_write: Option<bool>,
@@ -131,6 +131,46 @@ impl CredentialKind {
             CredentialKind::Cookie => "cookie",
             CredentialKind::UrlSecret => "url_secret",
             CredentialKind::GatewayId => "gateway_id",
+        }
+    }
+}
+
+/// How an API call was made (`api_protocol`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ApiProtocol {
+    Http,
+    Rpc,
+    Mcp,
+    A2a,
+}
+
+impl ApiProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiProtocol::Http => "http",
+            ApiProtocol::Rpc => "rpc",
+            ApiProtocol::Mcp => "mcp",
+            ApiProtocol::A2a => "a2a",
+        }
+    }
+}
+
+/// What a side effect touched (`effect_kind`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum EffectKind {
+    Db,
+    Messaging,
+    Http,
+    McpResource,
+}
+
+impl EffectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EffectKind::Db => "db",
+            EffectKind::Messaging => "messaging",
+            EffectKind::Http => "http",
+            EffectKind::McpResource => "mcp_resource",
         }
     }
 }

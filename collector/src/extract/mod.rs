@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use crate::config::Config;
 use crate::error::Result;
 use crate::record::{
-    BatchHeader, Credential, CredentialKind, ResourceInfo, SpanBatch, SpanKind, SpanRow,
+    ApiProtocol, BatchHeader, Credential, CredentialKind, EffectKind, ResourceInfo, SpanBatch, SpanKind, SpanRow,
     StatusCode,
 };
 use crate::telemetry::Telemetry;
@@ -339,7 +339,7 @@ fn api_call(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         return;
     }
     if let Some(method) = m.take_string(Field::McpMethod) {
-        row.api_protocol = Some("mcp");
+        row.api_protocol = Some(ApiProtocol::Mcp);
         row.api_route = row
             .tool_name
             .clone()
@@ -349,7 +349,7 @@ fn api_call(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         m.take(Field::RpcSystem);
         let service = m.take_string(Field::RpcService);
         let method = m.take_string(Field::RpcMethod);
-        row.api_protocol = Some("rpc");
+        row.api_protocol = Some(ApiProtocol::Rpc);
         row.api_route = service
             .clone()
             .or_else(|| method.as_deref().and_then(|m| m.rsplit_once('/')).map(|(s, _)| s.to_string()));
@@ -358,7 +358,7 @@ fn api_call(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
             (_, m) => m,
         };
     } else if let Some(method) = m.take_string(Field::HttpMethod) {
-        row.api_protocol = Some("http");
+        row.api_protocol = Some(ApiProtocol::Http);
         row.api_method = Some(method);
         row.api_route = m.take_string(Field::HttpRoute);
     } else {
@@ -388,7 +388,7 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         });
         let namespace = m.take_string(Field::DbNamespace);
         let collection = m.take_string(Field::DbCollection);
-        row.effect_kind = Some("db");
+        row.effect_kind = Some(EffectKind::Db);
         row.effect_target = match (namespace, collection) {
             (Some(ns), Some(c)) => Some(format!("{ns}.{c}")),
             (ns, c) => c.or(ns).or_else(|| m.peek_str(Field::ServerAddress).map(str::to_string)),
@@ -400,7 +400,7 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
     } else if m.peek_str(Field::MessagingSystem).is_some() {
         m.take(Field::MessagingSystem);
         let operation = m.take_string(Field::MessagingOperation);
-        row.effect_kind = Some("messaging");
+        row.effect_kind = Some(EffectKind::Messaging);
         row.effect_target = m.take_string(Field::MessagingDestination);
         row.effect_is_write = Some(operation.as_deref().is_some_and(|op| {
             WRITE_MESSAGING_OPERATIONS
@@ -415,7 +415,7 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
             .api_method
             .clone()
             .or_else(|| m.peek_str(Field::McpMethod).map(str::to_string));
-        row.effect_kind = Some("mcp_resource");
+        row.effect_kind = Some(EffectKind::McpResource);
         row.effect_is_write = Some(method.as_deref().is_some_and(|m| {
             !matches!(
                 m,
@@ -424,7 +424,7 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         }));
         row.effect_operation = method;
         row.effect_target = Some(uri);
-    } else if row.kind == SpanKind::Client && row.api_protocol == Some("http") {
+    } else if row.kind == SpanKind::Client && row.api_protocol == Some(ApiProtocol::Http) {
         let Some(method) = row.api_method.as_deref() else {
             return;
         };
@@ -440,7 +440,7 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
                     .and_then(|u| url::Url::parse(u).ok())
                     .map(|u| u.path().to_string())
             });
-        row.effect_kind = Some("http");
+        row.effect_kind = Some(EffectKind::Http);
         row.effect_operation = Some(method.to_ascii_uppercase());
         row.effect_target = match (row.api_target.as_deref(), path) {
             (Some(host), Some(path)) => Some(format!("{host}{path}")),

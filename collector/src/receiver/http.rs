@@ -1,0 +1,193 @@
+//! OTLP/HTTP: `POST /v1/traces` (protobuf or JSON, gzip or zstd), plus the operational
+//! endpoints `/healthz`, `/readyz` and `/metrics` on the same port.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use super::Ingest;
+use crate::error::{Error, RETRY_AFTER};
+
+pub const PROTOCOL: &str = "http";
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// `google.rpc.Status`, the body OTLP/HTTP error responses carry.
+#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    fn of(headers: &HeaderMap) -> Result<Encoding, Error> {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case(PROTOBUF) {
+            Ok(Encoding::Protobuf)
+        } else if mime.eq_ignore_ascii_case(JSON) {
+            Ok(Encoding::Json)
+        } else {
+            Err(Error::UnsupportedMediaType(mime.chars().take(64).collect()))
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => PROTOBUF,
+            Encoding::Json => JSON,
+        }
+    }
+}
+
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    // The raw body may not exceed the decompressed limit either; axum answers 413 past it.
+    let body_limit = ingest.max_request_bytes;
+    Router::new()
+        .route("/v1/traces", post(export))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ingest)
+}
+
+async fn readyz(State(ingest): State<Arc<Ingest>>) -> Response {
+    if ingest.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "replaying the write-ahead log").into_response()
+    }
+}
+
+async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ingest.telemetry().encode(),
+    )
+        .into_response()
+}
+
+async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
+    // Errors are answered in the request's encoding when it is known, protobuf otherwise.
+    let encoding = Encoding::of(&headers);
+    let reply_as = *encoding.as_ref().unwrap_or(&Encoding::Protobuf);
+    let result = async {
+        let encoding = encoding?;
+        let raw = decompress(&headers, &body, ingest.max_request_bytes)?;
+        let request = decode(encoding, &raw)?;
+        ingest.export(PROTOCOL, request, raw.len(), None).await
+    }
+    .await;
+    match result {
+        Ok(response) => {
+            let body = match reply_as {
+                Encoding::Protobuf => response.encode_to_vec(),
+                Encoding::Json => serde_json::to_vec(&response).unwrap_or_default(),
+            };
+            ([(header::CONTENT_TYPE, reply_as.content_type())], body).into_response()
+        }
+        Err(error) => {
+            ingest.telemetry().request_refused(PROTOCOL, &error);
+            error_response(&error, reply_as)
+        }
+    }
+}
+
+fn error_response(error: &Error, encoding: Encoding) -> Response {
+    let status = RpcStatus {
+        code: error.to_grpc_status().code() as i32,
+        message: error.to_string(),
+    };
+    let body = match encoding {
+        Encoding::Protobuf => status.encode_to_vec(),
+        Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
+    };
+    let mut response = (
+        error.http_status(),
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response();
+    if error.is_retryable() {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(RETRY_AFTER.as_secs()),
+        );
+    }
+    response
+}
+
+/// The body after `Content-Encoding`, refused past `limit` bytes however small it was on the
+/// wire (decompression bombs).
+fn decompress(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>, Error> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    let reader: Box<dyn Read + '_> = match encoding.as_str() {
+        "" | "identity" => {
+            if body.len() > limit {
+                return Err(Error::TooLarge { limit });
+            }
+            return Ok(body.to_vec());
+        }
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        "zstd" => Box::new(
+            zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|_| Error::Decode("invalid zstd stream".into()))?,
+        ),
+        other => return Err(Error::UnsupportedEncoding(other.chars().take(32).collect())),
+    };
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| Error::Decode(format!("invalid {encoding} body")))?;
+    if out.len() > limit {
+        return Err(Error::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+fn decode(encoding: Encoding, raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
+    match encoding {
+        Encoding::Protobuf => ExportTraceServiceRequest::decode(raw)
+            .map_err(|e| Error::Decode(format!("invalid protobuf: {e}"))),
+        // serde_json's messages can quote the offending value, which may be a secret: report
+        // only the kind of error and where it is.
+        Encoding::Json => serde_json::from_slice(raw).map_err(|e| {
+            Error::Decode(format!(
+                "invalid OTLP/JSON ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        }),
+    }
+}

@@ -1,0 +1,145 @@
+//! OTLP receivers. Both protocols decode into the same request type and go through
+//! [`Ingest::export`]: the one path from a decoded request to an acknowledgement.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use crate::error::{Error, Result};
+use crate::extract::Extractor;
+use crate::telemetry::Telemetry;
+use crate::wal::Wal;
+
+/// Shared state of the receivers.
+pub struct Ingest {
+    extractor: Extractor,
+    wal: Wal,
+    telemetry: Arc<Telemetry>,
+    ready: AtomicBool,
+    inflight_bytes: AtomicUsize,
+    max_inflight_bytes: usize,
+    pub max_request_bytes: usize,
+}
+
+/// Releases a request's share of the in-flight budget when it finishes, however it finishes.
+struct InflightGuard<'a> {
+    ingest: &'a Ingest,
+    bytes: usize,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.ingest
+            .inflight_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+        self.ingest.telemetry.add_inflight_bytes(-(self.bytes as i64));
+    }
+}
+
+impl Ingest {
+    pub fn new(
+        extractor: Extractor,
+        wal: Wal,
+        telemetry: Arc<Telemetry>,
+        max_request_bytes: usize,
+        max_inflight_bytes: usize,
+    ) -> Ingest {
+        Ingest {
+            extractor,
+            wal,
+            telemetry,
+            ready: AtomicBool::new(false),
+            inflight_bytes: AtomicUsize::new(0),
+            max_inflight_bytes,
+            max_request_bytes,
+        }
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting exports and lets queued WAL appends finish.
+    pub fn close(&self) {
+        self.set_ready(false);
+        self.wal.close();
+    }
+
+    fn reserve(&self, bytes: usize) -> Result<InflightGuard<'_>> {
+        let previous = self.inflight_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let guard = InflightGuard {
+            ingest: self,
+            bytes,
+        };
+        self.telemetry.add_inflight_bytes(bytes as i64);
+        // One request is always let through, however large, so progress never stops.
+        if previous > 0 && previous + bytes > self.max_inflight_bytes {
+            return Err(Error::Overloaded(format!(
+                "{previous} bytes already in flight (limit {})",
+                self.max_inflight_bytes
+            )));
+        }
+        Ok(guard)
+    }
+
+    /// Validates, scrubs and extracts the request, makes it durable, and answers with the
+    /// partial success of any invalid spans. Nothing is acknowledged unless it is in the WAL.
+    pub async fn export(
+        &self,
+        protocol: &'static str,
+        request: ExportTraceServiceRequest,
+        decoded_bytes: usize,
+        principal: Option<String>,
+    ) -> Result<ExportTraceServiceResponse> {
+        if !self.is_ready() {
+            return Err(Error::NotReady);
+        }
+        let _guard = self.reserve(decoded_bytes)?;
+        self.telemetry.request_received(protocol, decoded_bytes);
+        let received: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.telemetry.spans_received(received);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let extracted = self.extractor.extract(request, principal, now);
+        let rejected = extracted.rejected_count();
+        let rejection_message = extracted.rejection_message();
+        for (reason, n) in &extracted.rejected {
+            self.telemetry.spans_rejected(*n, reason);
+        }
+        let accepted = extracted.batch.spans.len();
+        if accepted > 0 {
+            self.wal.append(extracted.batch).await?;
+        }
+        self.telemetry.spans_accepted(accepted);
+        self.telemetry.request_finished(protocol, "ok");
+        Ok(ExportTraceServiceResponse {
+            partial_success: rejection_message.map(|message| {
+                ExportTracePartialSuccess {
+                    rejected_spans: rejected as i64,
+                    error_message: message,
+                }
+            }),
+        })
+    }
+}

@@ -1,0 +1,185 @@
+//! `idtrail serve`: wires the pipeline together and runs it until shutdown.
+//!
+//! Start-up order matters: the listeners come up first (so `/readyz` can say "not yet"), then
+//! the WAL is replayed into the writer, and only then are exports accepted. Shutdown runs the
+//! other way: stop accepting, let queued WAL commits finish, publish what is buffered.
+
+use std::fs::{self, File};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::extract::Extractor;
+use crate::extract::fingerprint::Fingerprinter;
+use crate::receiver::{Ingest, grpc, http};
+use crate::telemetry::Telemetry;
+use crate::wal::Wal;
+use crate::writer::SpanWriter;
+use crate::writer::sink::LocalDirSink;
+
+/// Addresses the server actually listens on (port 0 in the config picks a free port).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddresses {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// Holds the data directory against a second collector using it at the same time.
+fn lock_data_dir(config: &Config) -> Result<File> {
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let path = dir.join(".lock");
+    let file = File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    file.try_lock().map_err(|_| {
+        Error::config(format!(
+            "{} is in use by another idtrail process",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+/// Runs the collector until `shutdown` resolves; `on_bound` learns the listening addresses.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddresses) + Send,
+) -> Result<()> {
+    let _lock = lock_data_dir(&config)?;
+    let telemetry = Arc::new(Telemetry::new());
+    let key_file = config.key_file();
+    if let (Ok(key), Ok(data)) = (key_file.canonicalize(), config.data_dir.canonicalize()) {
+        if key.starts_with(&data) {
+            tracing::warn!(
+                key_file = %key_file.display(),
+                "the fingerprint key is inside the data directory: whoever has the files has the key"
+            );
+        }
+    }
+    let fingerprinter = Fingerprinter::load_or_create(&key_file)?;
+    let extractor = Extractor::new(&config, fingerprinter, telemetry.clone())?;
+
+    let wal_dir = config.data_dir.join("wal");
+    let sink = LocalDirSink::new(&config.data_dir, &config.writer_id);
+    let mut writer = SpanWriter::new(
+        Box::new(sink),
+        wal_dir.clone(),
+        &config.writer,
+        &config.dedup,
+        telemetry.clone(),
+    )?;
+    let seeded = writer.seed_dedup_from_recent_files(config.dedup.window)?;
+    tracing::info!(ids = seeded, "dedup window seeded from recent files");
+    let (writer_handle, writer_thread) = writer.spawn(256)?;
+
+    let grpc_listener = TcpListener::bind(config.receivers.grpc_address)
+        .await
+        .map_err(|e| Error::io(format!("binding {}", config.receivers.grpc_address), e))?;
+    let http_listener = TcpListener::bind(config.receivers.http_address)
+        .await
+        .map_err(|e| Error::io(format!("binding {}", config.receivers.http_address), e))?;
+    let bound = BoundAddresses {
+        grpc: grpc_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the gRPC address", e))?,
+        http: http_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the HTTP address", e))?,
+    };
+
+    // Replay happens before any export is accepted; the flag tells the writer which batches
+    // come from the old log (and may already be published).
+    let replaying = Arc::new(AtomicBool::new(true));
+    let sink_writer = writer_handle.clone();
+    let sink_replaying = replaying.clone();
+    let wal_config = config.wal.clone();
+    let wal_telemetry = telemetry.clone();
+    let started = std::time::Instant::now();
+    let wal = tokio::task::spawn_blocking(move || {
+        Wal::open(
+            &wal_dir,
+            &wal_config,
+            wal_telemetry,
+            Box::new(move |batch, position| {
+                sink_writer.durable(batch, position, sink_replaying.load(Ordering::Acquire))
+            }),
+        )
+    })
+    .await
+    .map_err(|e| Error::config(format!("WAL replay panicked: {e}")))??;
+    replaying.store(false, Ordering::Release);
+    // Replayed spans are published before we say ready, so a restart never leaves acknowledged
+    // data invisible for longer than one flush.
+    writer_handle.flush().await?;
+    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "WAL replayed");
+
+    let ingest = Arc::new(Ingest::new(
+        extractor,
+        wal,
+        telemetry.clone(),
+        config.receivers.max_request_bytes,
+        config.receivers.max_inflight_bytes,
+    ));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            grpc::size_limit_status::<tonic::body::Body>,
+        ))
+        .add_service(grpc::service(ingest.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream_from(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http_server = axum::serve(http_listener, http::router(ingest.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+
+    ingest.set_ready(true);
+    tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.data_dir.display(), "idtrail ready");
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!("shutting down: draining exports, then publishing buffered spans");
+    ingest.set_ready(false);
+    let _ = stop_tx.send(true);
+    let _ = grpc_task.await;
+    let _ = http_task.await;
+    let closing = ingest.clone();
+    let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+    writer_handle.flush().await?;
+    drop(writer_handle);
+    drop(ingest);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    async_stream_listener(listener)
+}
+
+/// Accepted connections as a stream, with TCP_NODELAY: OTLP requests are latency-bound.
+fn async_stream_listener(
+    listener: TcpListener,
+) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| {
+            let _ = stream.set_nodelay(true);
+            stream
+        });
+        Some((accepted, listener))
+    })
+}

@@ -1,0 +1,408 @@
+//! The Parquet writer: buffers durable spans per hour partition and publishes them as files.
+//!
+//! It runs on its own thread and receives batches in WAL order. A flush writes every buffered
+//! partition, each file recording in its footer the WAL position it covers (`idtrail.wal_end`),
+//! and only then checkpoints the WAL. That footer makes replay exactly-once: after a crash
+//! between publishing and checkpointing, replayed records at or before a partition's published
+//! position are already in its files and are skipped.
+
+pub mod dedup;
+pub mod sink;
+pub mod spans_batch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::{Array, StringArray};
+use idtrail_schemas::layout::Partition;
+use idtrail_schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, spans};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, ParquetMetaDataReader, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use tokio::sync::oneshot;
+
+use crate::config::{DedupConfig, WriterConfig};
+use crate::error::{Error, Result};
+use crate::record::SpanBatch;
+use crate::telemetry::Telemetry;
+use crate::wal::{Wal, WalPosition};
+use dedup::Dedup;
+use sink::TableSink;
+use spans_batch::BufferedSpan;
+
+/// Footer key holding the WAL position a file's rows reach.
+pub const WAL_END_KEY: &str = "idtrail.wal_end";
+/// Footer key naming the collector that wrote a file.
+pub const WRITER_ID_KEY: &str = "idtrail.writer_id";
+
+enum Message {
+    Durable {
+        batch: SpanBatch,
+        position: WalPosition,
+        replayed: bool,
+    },
+    Flush(oneshot::Sender<Result<()>>),
+}
+
+/// Sends durable batches to the writer thread. Cloneable; the thread stops when all are gone.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: SyncSender<Message>,
+}
+
+impl WriterHandle {
+    /// Hands over a durable batch. Blocks when the writer is far behind, which slows the WAL
+    /// and, through it, acknowledgements: backpressure instead of unbounded memory.
+    pub fn durable(&self, batch: SpanBatch, position: WalPosition, replayed: bool) {
+        let sent = self.tx.send(Message::Durable {
+            batch,
+            position,
+            replayed,
+        });
+        if sent.is_err() {
+            tracing::error!("parquet writer is gone; durable spans stay in the WAL until restart");
+        }
+    }
+
+    /// Publishes everything buffered now (shutdown, tests).
+    pub async fn flush(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.tx
+            .send(Message::Flush(reply))
+            .map_err(|_| Error::ShuttingDown)?;
+        done.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+pub struct SpanWriter {
+    sink: Box<dyn TableSink>,
+    wal_dir: PathBuf,
+    config: WriterConfig,
+    properties: WriterProperties,
+    telemetry: Arc<Telemetry>,
+    dedup: Dedup,
+    buffers: BTreeMap<Partition, Vec<BufferedSpan>>,
+    buffered_bytes: usize,
+    buffered_rows: usize,
+    oldest: Option<Instant>,
+    last_position: Option<WalPosition>,
+    checkpointed: Option<WalPosition>,
+    /// Per partition: the WAL position its newest published file reaches (replay skip).
+    published_ends: HashMap<Partition, Option<WalPosition>>,
+    last_seq: u64,
+}
+
+impl SpanWriter {
+    pub fn new(
+        sink: Box<dyn TableSink>,
+        wal_dir: PathBuf,
+        config: &WriterConfig,
+        dedup: &DedupConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<SpanWriter> {
+        Ok(SpanWriter {
+            properties: writer_properties(config, sink.writer_id())?,
+            sink,
+            wal_dir,
+            config: config.clone(),
+            telemetry,
+            dedup: Dedup::new(dedup),
+            buffers: BTreeMap::new(),
+            buffered_bytes: 0,
+            buffered_rows: 0,
+            oldest: None,
+            last_position: None,
+            checkpointed: None,
+            published_ends: HashMap::new(),
+            last_seq: 0,
+        })
+    }
+
+    /// Starts the writer thread.
+    pub fn spawn(self, queue: usize) -> Result<(WriterHandle, JoinHandle<()>)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let thread = std::thread::Builder::new()
+            .name("idtrail-writer".into())
+            .spawn(move || self.run(rx))
+            .map_err(|e| Error::io("starting the writer thread", e))?;
+        Ok((WriterHandle { tx }, thread))
+    }
+
+    fn run(mut self, rx: Receiver<Message>) {
+        loop {
+            let wait = match self.oldest {
+                Some(t) => self.config.max_file_age.saturating_sub(t.elapsed()),
+                None => Duration::from_secs(3600),
+            };
+            match rx.recv_timeout(wait) {
+                Ok(Message::Durable {
+                    batch,
+                    position,
+                    replayed,
+                }) => {
+                    self.accept(batch, position, replayed);
+                    if self.buffered_bytes >= self.config.max_buffer_bytes {
+                        self.flush_logged();
+                    }
+                }
+                Ok(Message::Flush(reply)) => {
+                    let _ = reply.send(self.flush());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if self
+                        .oldest
+                        .is_some_and(|t| t.elapsed() >= self.config.max_file_age)
+                    {
+                        self.flush_logged();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.flush_logged();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Buffers a durable batch, dropping retried duplicates and, on replay, rows already
+    /// published.
+    pub fn accept(&mut self, batch: SpanBatch, position: WalPosition, replayed: bool) {
+        let mut duplicates = 0;
+        for row in batch.spans {
+            let partition = Partition::of_nanos(row.start_time);
+            if replayed
+                && self
+                    .published_end(&partition)
+                    .is_some_and(|end| position <= end)
+            {
+                // Already in a published file: remember the id, don't write it twice.
+                self.dedup.insert(&row.trace_id, &row.span_id);
+                continue;
+            }
+            if !self.dedup.insert(&row.trace_id, &row.span_id) {
+                duplicates += 1;
+                continue;
+            }
+            let span = BufferedSpan {
+                header: batch.header.clone(),
+                row,
+            };
+            self.buffered_bytes += span.estimated_bytes();
+            self.buffered_rows += 1;
+            self.buffers.entry(partition).or_default().push(span);
+        }
+        self.telemetry.spans_duplicate(duplicates);
+        self.telemetry.set_buffered_spans(self.buffered_rows);
+        if self.oldest.is_none() && self.buffered_rows > 0 {
+            self.oldest = Some(Instant::now());
+        }
+        self.last_position = Some(position);
+    }
+
+    /// The WAL position the newest file of `partition` reaches, read from its footer once.
+    fn published_end(&mut self, partition: &Partition) -> Option<WalPosition> {
+        if let Some(known) = self.published_ends.get(partition) {
+            return *known;
+        }
+        let end = self
+            .sink
+            .list(spans::TABLE, partition)
+            .ok()
+            .and_then(|files| files.last().cloned())
+            .and_then(|newest| self.sink.read(spans::TABLE, partition, &newest.name).ok())
+            .and_then(|bytes| footer_value(&bytes, WAL_END_KEY))
+            .and_then(|v| v.parse().ok());
+        self.published_ends.insert(*partition, end);
+        end
+    }
+
+    fn flush_logged(&mut self) {
+        if let Err(error) = self.flush() {
+            // The spans stay buffered and in the WAL; the next flush tries again.
+            tracing::error!(%error, "parquet flush failed; will retry");
+            self.oldest = Some(Instant::now());
+        }
+    }
+
+    /// Publishes every buffered partition, then checkpoints the WAL.
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(wal_end) = self.last_position else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let buffers = std::mem::take(&mut self.buffers);
+        let mut failed = None;
+        for (partition, mut rows) in buffers {
+            if failed.is_some() {
+                self.buffers.insert(partition, rows);
+                continue;
+            }
+            match self.publish(&partition, &mut rows, wal_end) {
+                Ok(()) => {
+                    self.buffered_rows -= rows.len();
+                    self.buffered_bytes = self
+                        .buffered_bytes
+                        .saturating_sub(rows.iter().map(BufferedSpan::estimated_bytes).sum());
+                    self.published_ends.insert(partition, Some(wal_end));
+                }
+                Err(e) => {
+                    self.buffers.insert(partition, rows);
+                    failed = Some(e);
+                }
+            }
+        }
+        self.telemetry.set_buffered_spans(self.buffered_rows);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        self.oldest = None;
+        self.buffered_bytes = 0;
+        if self.checkpointed != Some(wal_end) {
+            Wal::checkpoint(&self.wal_dir, wal_end)?;
+            self.checkpointed = Some(wal_end);
+        }
+        self.telemetry.flush_finished(started.elapsed());
+        Ok(())
+    }
+
+    fn publish(
+        &mut self,
+        partition: &Partition,
+        rows: &mut [BufferedSpan],
+        wal_end: WalPosition,
+    ) -> Result<()> {
+        rows.sort_by_key(|s| s.row.start_time);
+        let batch = spans_batch::to_record_batch(rows)
+            .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
+        let mut bytes = Vec::with_capacity(rows.len() * 64);
+        let mut writer =
+            ArrowWriter::try_new(&mut bytes, spans::schema(), Some(self.properties.clone()))
+                .map_err(|e| Error::Parquet(e.to_string()))?;
+        writer
+            .write(&batch)
+            .map_err(|e| Error::Parquet(e.to_string()))?;
+        writer.append_key_value_metadata(KeyValue::new(
+            WAL_END_KEY.to_string(),
+            wal_end.to_string(),
+        ));
+        writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
+        let seq = self.next_seq();
+        let path = self.sink.publish(spans::TABLE, partition, seq, &bytes)?;
+        self.telemetry
+            .file_published(spans::TABLE, &path, rows.len(), bytes.len());
+        Ok(())
+    }
+
+    /// File sequence numbers: microseconds since the epoch, strictly increasing, so names sort
+    /// by publication across restarts without a scan of earlier files.
+    fn next_seq(&mut self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last_seq = now.max(self.last_seq + 1);
+        self.last_seq
+    }
+
+    /// Remembers the ids of spans published within the dedup window, so a retry that arrives
+    /// after a restart is still recognised.
+    pub fn seed_dedup_from_recent_files(&mut self, window: Duration) -> Result<usize> {
+        let now = SystemTime::now();
+        let now_nanos = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        let hours = window.as_secs() / 3600 + 2;
+        let mut seeded = 0;
+        for back in 0..hours as i64 {
+            let partition = Partition::of_nanos(now_nanos - back * 3_600_000_000_000);
+            for file in self.sink.list(spans::TABLE, &partition)? {
+                let recent = now
+                    .duration_since(file.modified)
+                    .map_or(true, |age| age <= window);
+                if !recent {
+                    continue;
+                }
+                let bytes = self.sink.read(spans::TABLE, &partition, &file.name)?;
+                seeded += self.seed_from_file(bytes)?;
+            }
+        }
+        Ok(seeded)
+    }
+
+    fn seed_from_file(&mut self, bytes: bytes::Bytes) -> Result<usize> {
+        let parquet_err = |e: parquet::errors::ParquetError| Error::Parquet(e.to_string());
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            [spans::col::TRACE_ID, spans::col::SPAN_ID],
+        );
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(parquet_err)?;
+        let mut seeded = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
+            let (Some(traces), Some(spans)) = (
+                batch.column(0).as_any().downcast_ref::<StringArray>(),
+                batch.column(1).as_any().downcast_ref::<StringArray>(),
+            ) else {
+                continue;
+            };
+            for i in 0..batch.num_rows() {
+                if traces.is_null(i) || spans.is_null(i) {
+                    continue;
+                }
+                let mut t = [0u8; 16];
+                let mut s = [0u8; 8];
+                if hex::decode_to_slice(traces.value(i), &mut t).is_ok()
+                    && hex::decode_to_slice(spans.value(i), &mut s).is_ok()
+                {
+                    self.dedup.insert(&t, &s);
+                    seeded += 1;
+                }
+            }
+        }
+        Ok(seeded)
+    }
+}
+
+fn footer_value(bytes: &bytes::Bytes, key: &str) -> Option<String> {
+    let metadata = ParquetMetaDataReader::new().parse_and_finish(bytes).ok()?;
+    metadata
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone())
+}
+
+fn writer_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterProperties> {
+    let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| Error::config(e.to_string()))?;
+    let start_time_index = spans::schema()
+        .index_of(spans::col::START_TIME)
+        .map_err(|e| Error::config(e.to_string()))?;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: start_time_index as i32,
+            descending: false,
+            nulls_first: false,
+        }]))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
+            KeyValue::new(WRITER_ID_KEY.to_string(), writer_id.to_string()),
+        ]));
+    for column in &config.bloom_filter_columns {
+        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
+    }
+    Ok(builder.build())
+}

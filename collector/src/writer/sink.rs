@@ -1,0 +1,173 @@
+//! Where published table files go. The writer sees only [`TableSink`], so an object-store sink
+//! can stand beside the local one without touching the write path.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use idtrail_schemas::layout::{self, Partition};
+
+use crate::error::{Error, Result};
+
+/// A published file, as listed.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    pub name: String,
+    pub modified: SystemTime,
+}
+
+pub trait TableSink: Send {
+    /// Publishes `bytes` atomically as a file of `table` in `partition`, named after this
+    /// writer and a sequence number at least `seq`. Returns the file's path relative to the
+    /// store's root. Readers see either no file or the whole file.
+    fn publish(&self, table: &str, partition: &Partition, seq: u64, bytes: &[u8])
+    -> Result<String>;
+
+    /// Files this writer published in `partition`.
+    fn list(&self, table: &str, partition: &Partition) -> Result<Vec<FileEntry>>;
+
+    /// A published file's bytes.
+    fn read(&self, table: &str, partition: &Partition, name: &str) -> Result<Bytes>;
+
+    fn writer_id(&self) -> &str;
+}
+
+/// Tables in a local data directory.
+pub struct LocalDirSink {
+    root: PathBuf,
+    writer_id: String,
+}
+
+impl LocalDirSink {
+    pub fn new(root: &Path, writer_id: &str) -> LocalDirSink {
+        LocalDirSink {
+            root: root.to_path_buf(),
+            writer_id: writer_id.to_string(),
+        }
+    }
+
+    /// Creates `dir` and makes every directory entry it needed durable.
+    fn ensure_dir(&self, dir: &Path) -> std::io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        let mut cursor = dir;
+        while !cursor.exists() {
+            missing.push(cursor.to_path_buf());
+            match cursor.parent() {
+                Some(parent) => cursor = parent,
+                None => break,
+            }
+        }
+        fs::create_dir_all(dir)?;
+        for created in missing.iter().rev() {
+            if let Some(parent) = created.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl TableSink for LocalDirSink {
+    fn publish(
+        &self,
+        table: &str,
+        partition: &Partition,
+        seq: u64,
+        bytes: &[u8],
+    ) -> Result<String> {
+        let rel_dir = partition.dir(table);
+        let dir = self.root.join(&rel_dir);
+        let ctx = |what: &str| format!("{what} in {}", dir.display());
+        self.ensure_dir(&dir)
+            .map_err(|e| Error::io(ctx("creating partition"), e))?;
+        // Never replace a published file: skip to a free sequence number.
+        let mut seq = seq;
+        while dir.join(layout::file_name(&self.writer_id, seq)).exists() {
+            seq += 1;
+        }
+        let name = layout::file_name(&self.writer_id, seq);
+        let temp = dir.join(layout::temp_file_name(&self.writer_id, seq));
+        let write = || -> std::io::Result<()> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&temp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&temp, dir.join(&name))?;
+            sync_dir(&dir)
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&temp);
+            return Err(Error::io(ctx("publishing a parquet file"), e));
+        }
+        Ok(rel_dir.join(name).to_string_lossy().into_owned())
+    }
+
+    fn list(&self, table: &str, partition: &Partition) -> Result<Vec<FileEntry>> {
+        let dir = self.root.join(partition.dir(table));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+        };
+        let mut files = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if layout::parse_file_seq(&self.writer_id, &name).is_none() {
+                continue;
+            }
+            let modified = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            files.push(FileEntry { name, modified });
+        }
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(files)
+    }
+
+    fn read(&self, table: &str, partition: &Partition, name: &str) -> Result<Bytes> {
+        let path = self.root.join(partition.dir(table)).join(name);
+        fs::read(&path)
+            .map(Bytes::from)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))
+    }
+
+    fn writer_id(&self) -> &str {
+        &self.writer_id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_is_atomic_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalDirSink::new(dir.path(), "w1");
+        let p = Partition::of_nanos(0);
+        let a = sink.publish("spans", &p, 7, b"first").unwrap();
+        let b = sink.publish("spans", &p, 7, b"second").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(fs::read(dir.path().join(&a)).unwrap(), b"first");
+        let names: Vec<String> = sink.list("spans", &p).unwrap().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, vec!["w1-000000000007.parquet", "w1-000000000008.parquet"]);
+        let hidden = fs::read_dir(dir.path().join(p.dir("spans")))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(hidden, 0, "no temp file left behind");
+    }
+}
