@@ -8,7 +8,11 @@ use idtrail_collector::Config;
 use idtrail_collector::config::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "idtrail", version, about = "Identity-lineage observability over OpenTelemetry traces")]
+#[command(
+    name = "idtrail",
+    version,
+    about = "Identity-lineage observability over OpenTelemetry traces"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -52,17 +56,27 @@ impl ServeArgs {
             overrides.push((path.trim().to_string(), value.to_string()));
         }
         let flags = [
-            ("data_dir", self.data_dir.as_ref().map(|p| p.display().to_string())),
+            (
+                "data_dir",
+                self.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
             ("receivers.grpc_address", self.grpc_address.clone()),
             ("receivers.http_address", self.http_address.clone()),
-            ("key_file", self.key_file.as_ref().map(|p| p.display().to_string())),
+            (
+                "key_file",
+                self.key_file.as_ref().map(|p| p.display().to_string()),
+            ),
         ];
         for (path, value) in flags {
             if let Some(value) = value {
                 overrides.push((path.to_string(), value));
             }
         }
-        Ok(Config::load(self.config.as_deref(), std::env::vars(), &overrides)?)
+        Ok(Config::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &overrides,
+        )?)
     }
 }
 

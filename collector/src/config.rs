@@ -394,8 +394,8 @@ impl Config {
 /// Sets `a.b.c` in a JSON tree to `raw`, read as a YAML scalar (so `8s`, `true`, `12`, `[a, b]`
 /// get their natural types).
 fn set_path(tree: &mut serde_json::Value, dotted: &str, raw: &str) -> Result<()> {
-    let value: serde_json::Value = serde_saphyr::from_str(raw)
-        .unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
+    let value: serde_json::Value =
+        serde_saphyr::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()));
     let mut node = tree;
     let parts: Vec<&str> = dotted.split('.').filter(|p| !p.is_empty()).collect();
     let Some((last, parents)) = parts.split_last() else {
@@ -440,7 +440,10 @@ mod tests {
         )
         .unwrap();
         let env = vec![
-            ("IDTRAIL__WAL__SEGMENT_BYTES".to_string(), "2000".to_string()),
+            (
+                "IDTRAIL__WAL__SEGMENT_BYTES".to_string(),
+                "2000".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let c = Config::load(
@@ -456,7 +459,11 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_errors() {
-        let err = Config::load(None, Vec::new(), &[("wal.segmnet_bytes".into(), "1".into())]);
+        let err = Config::load(
+            None,
+            Vec::new(),
+            &[("wal.segmnet_bytes".into(), "1".into())],
+        );
         assert!(err.is_err());
     }
 

@@ -8,10 +8,10 @@
 pub mod config;
 pub mod error;
 pub mod extract;
-pub mod record;
-pub mod telemetry;
 pub mod receiver;
+pub mod record;
 pub mod server;
+pub mod telemetry;
 pub mod wal;
 pub mod writer;
 

@@ -35,7 +35,8 @@ fn lock_data_dir(config: &Config) -> Result<File> {
     let dir = &config.data_dir;
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(".lock");
-    let file = File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    let file =
+        File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
     file.try_lock().map_err(|_| {
         Error::config(format!(
             "{} is in use by another idtrail process",
@@ -117,7 +118,10 @@ pub async fn serve(
     // Replayed spans are published before we say ready, so a restart never leaves acknowledged
     // data invisible for longer than one flush.
     writer_handle.flush().await?;
-    tracing::info!(took_ms = started.elapsed().as_millis() as u64, "WAL replayed");
+    tracing::info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "WAL replayed"
+    );
 
     let ingest = Arc::new(Ingest::new(
         extractor,
@@ -133,13 +137,10 @@ pub async fn serve(
     };
     let grpc_server = tonic::transport::Server::builder()
         .layer(tower::util::MapResponseLayer::new(
-            grpc::size_limit_status::<tonic::body::Body>,
+            grpc::otlp_status_codes::<tonic::body::Body>,
         ))
         .add_service(grpc::service(ingest.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream_from(grpc_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
     let http_server = axum::serve(http_listener, http::router(ingest.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);

@@ -23,7 +23,12 @@ pub fn api_hop_fields() -> Fields {
 
 /// Element type of `path`: one node of user → agents → credential → API hops → effect.
 pub fn path_fields() -> Fields {
-    vec![utf8("kind", false), utf8("id", false), utf8("span_id", true)].into()
+    vec![
+        utf8("kind", false),
+        utf8("id", false),
+        utf8("span_id", true),
+    ]
+    .into()
 }
 
 fn struct_list(name: &str, fields: Fields) -> Field {

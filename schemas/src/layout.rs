@@ -33,7 +33,10 @@ impl Partition {
     /// Directory of this partition relative to the data directory.
     pub fn dir(&self, table: &str) -> PathBuf {
         Path::new(table)
-            .join(format!("date={:04}-{:02}-{:02}", self.year, self.month, self.day))
+            .join(format!(
+                "date={:04}-{:02}-{:02}",
+                self.year, self.month, self.day
+            ))
             .join(format!("hour={:02}", self.hour))
     }
 }

@@ -204,10 +204,7 @@ mod tests {
                 Value::Text("Bearer x".into())
             )
         );
-        assert_eq!(
-            out[1].1,
-            Value::List(vec!["admin".into(), "dev".into()])
-        );
+        assert_eq!(out[1].1, Value::List(vec!["admin".into(), "dev".into()]));
         assert_eq!(out[2].1, Value::Scalar("7".into()));
         assert_eq!(out[1].1.clone().into_map_value(), r#"["admin","dev"]"#);
     }

@@ -108,8 +108,7 @@ fn create_key(path: &Path) -> Result<[u8; KEY_LEN]> {
     getrandom::fill(&mut key)
         .map_err(|e| Error::config(format!("no system randomness for the key: {e}")))?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)
-            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let ctx = || format!("creating key file {}", path.display());
     let mut file = OpenOptions::new()
@@ -150,7 +149,11 @@ mod tests {
         assert!(fa.starts_with('k') && fa.contains(':'));
         assert_eq!(fa.len(), a.prefix().len() + 32);
         assert_eq!(fa, a.fingerprint(b"hunter2"));
-        assert_ne!(fa, b.fingerprint(b"hunter2"), "another key, another fingerprint");
+        assert_ne!(
+            fa,
+            b.fingerprint(b"hunter2"),
+            "another key, another fingerprint"
+        );
         assert_ne!(a.prefix(), b.prefix(), "key ids differ");
     }
 

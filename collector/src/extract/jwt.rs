@@ -199,7 +199,8 @@ pub(crate) mod tests {
     fn client_credentials_token_is_not_a_user() {
         let token = make_jwt(&serde_json::json!({"sub": "batch", "client_id": "batch"}));
         assert!(!JwtDecoder::default().decode(&token).unwrap().is_user_token);
-        let login = make_jwt(&serde_json::json!({"sub": "batch", "client_id": "batch", "auth_time": 1}));
+        let login =
+            make_jwt(&serde_json::json!({"sub": "batch", "client_id": "batch", "auth_time": 1}));
         assert!(JwtDecoder::default().decode(&login).unwrap().is_user_token);
     }
 
@@ -218,7 +219,12 @@ pub(crate) mod tests {
         let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some("k1".into());
         let claims = serde_json::json!({"sub": "alice", "exp": 1});
-        let good = encode(&header, &claims, &EncodingKey::from_secret(b"secret-key-for-tests-only")).unwrap();
+        let good = encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(b"secret-key-for-tests-only"),
+        )
+        .unwrap();
         let bad = encode(&header, &claims, &EncodingKey::from_secret(b"another-key")).unwrap();
         assert!(decoder.decode(&good).unwrap().claims.verified);
         assert!(!decoder.decode(&bad).unwrap().claims.verified);

@@ -92,7 +92,10 @@ impl Mapping {
         for (field, keys) in lists {
             for (priority, key) in keys.iter().enumerate() {
                 let priority = u8::try_from(priority).unwrap_or(u8::MAX);
-                lookup.entry(key.clone()).or_default().push((field, priority));
+                lookup
+                    .entry(key.clone())
+                    .or_default()
+                    .push((field, priority));
             }
         }
         Mapping { lookup }

@@ -17,8 +17,8 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use crate::config::Config;
 use crate::error::Result;
 use crate::record::{
-    ApiProtocol, BatchHeader, Credential, CredentialKind, EffectKind, ResourceInfo, SpanBatch, SpanKind, SpanRow,
-    StatusCode,
+    ApiProtocol, BatchHeader, Credential, CredentialKind, EffectKind, ResourceInfo, SpanBatch,
+    SpanKind, SpanRow, StatusCode,
 };
 use crate::telemetry::Telemetry;
 use attributes::Value;
@@ -167,8 +167,8 @@ impl Extractor {
         resource: &ResourceInfo,
         scope: Option<&(String, String)>,
     ) -> Result<SpanRow, &'static str> {
-        let trace_id: [u8; 16] = valid_id(&span.trace_id)
-            .ok_or("trace_id must be 16 bytes and not all zero")?;
+        let trace_id: [u8; 16] =
+            valid_id(&span.trace_id).ok_or("trace_id must be 16 bytes and not all zero")?;
         let span_id: [u8; 8] =
             valid_id(&span.span_id).ok_or("span_id must be 8 bytes and not all zero")?;
         let parent_span_id = match span.parent_span_id.len() {
@@ -350,9 +350,12 @@ fn api_call(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         let service = m.take_string(Field::RpcService);
         let method = m.take_string(Field::RpcMethod);
         row.api_protocol = Some(ApiProtocol::Rpc);
-        row.api_route = service
-            .clone()
-            .or_else(|| method.as_deref().and_then(|m| m.rsplit_once('/')).map(|(s, _)| s.to_string()));
+        row.api_route = service.clone().or_else(|| {
+            method
+                .as_deref()
+                .and_then(|m| m.rsplit_once('/'))
+                .map(|(s, _)| s.to_string())
+        });
         row.api_method = match (service, method) {
             (Some(s), Some(m)) if !m.contains('/') => Some(format!("{s}/{m}")),
             (_, m) => m,
@@ -391,11 +394,15 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         row.effect_kind = Some(EffectKind::Db);
         row.effect_target = match (namespace, collection) {
             (Some(ns), Some(c)) => Some(format!("{ns}.{c}")),
-            (ns, c) => c.or(ns).or_else(|| m.peek_str(Field::ServerAddress).map(str::to_string)),
+            (ns, c) => c
+                .or(ns)
+                .or_else(|| m.peek_str(Field::ServerAddress).map(str::to_string)),
         };
-        row.effect_is_write = operation
-            .as_deref()
-            .map(|op| !READ_DB_OPERATIONS.iter().any(|r| r.eq_ignore_ascii_case(op)));
+        row.effect_is_write = operation.as_deref().map(|op| {
+            !READ_DB_OPERATIONS
+                .iter()
+                .any(|r| r.eq_ignore_ascii_case(op))
+        });
         row.effect_operation = operation;
     } else if m.peek_str(Field::MessagingSystem).is_some() {
         m.take(Field::MessagingSystem);
@@ -419,7 +426,10 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         row.effect_is_write = Some(method.as_deref().is_some_and(|m| {
             !matches!(
                 m,
-                "resources/read" | "resources/list" | "resources/subscribe" | "resources/unsubscribe"
+                "resources/read"
+                    | "resources/list"
+                    | "resources/subscribe"
+                    | "resources/unsubscribe"
             )
         }));
         row.effect_operation = method;
@@ -428,7 +438,10 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         let Some(method) = row.api_method.as_deref() else {
             return;
         };
-        if !UNSAFE_HTTP_METHODS.iter().any(|u| u.eq_ignore_ascii_case(method)) {
+        if !UNSAFE_HTTP_METHODS
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(method))
+        {
             return;
         }
         let path = row

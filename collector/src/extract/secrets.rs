@@ -83,7 +83,10 @@ impl SecretScrubber {
                 _ => CredentialKind::Bearer,
             });
         }
-        let hit = self.key_substrings.iter().find(|s| key.contains(s.as_str()))?;
+        let hit = self
+            .key_substrings
+            .iter()
+            .find(|s| key.contains(s.as_str()))?;
         Some(if hit.contains("api") || hit == "secret" {
             CredentialKind::ApiKey
         } else if hit.starts_with("pass") {
@@ -340,7 +343,8 @@ fn classify(key_kind: CredentialKind, value: &str) -> (CredentialKind, &str) {
 
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix).then(|| &s[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 fn is_token_char(c: char) -> bool {
@@ -495,7 +499,10 @@ mod tests {
             ),
         );
         let t = text(&v);
-        assert!(!t.contains("hunter2") && !t.contains("abc123") && !t.contains("tok999"), "{t}");
+        assert!(
+            !t.contains("hunter2") && !t.contains("abc123") && !t.contains("tok999"),
+            "{t}"
+        );
         assert!(t.contains("region=eu"));
         assert_eq!(found.len(), 3);
         assert!(found.iter().all(|f| f.kind == CredentialKind::UrlSecret));

@@ -48,16 +48,37 @@ pub fn service(ingest: Arc<Ingest>) -> TraceServiceServer<GrpcReceiver> {
         .accept_compressed(CompressionEncoding::Zstd)
 }
 
-/// tonic reports an uncompressed message over the size limit as OUT_OF_RANGE (and a compressed
-/// one as RESOURCE_EXHAUSTED). OTLP wants RESOURCE_EXHAUSTED without RetryInfo for both, so
-/// non-retryable; our handler never answers OUT_OF_RANGE itself, so the rewrite is exact.
-pub fn size_limit_status<B>(mut response: http::Response<B>) -> http::Response<B> {
-    let out_of_range = http::HeaderValue::from_static("11");
-    if response.headers().get("grpc-status") == Some(&out_of_range) {
-        response.headers_mut().insert(
-            "grpc-status",
-            http::HeaderValue::from_static("8"), // RESOURCE_EXHAUSTED
-        );
+/// Rewrites tonic's own decode-stage statuses to the ones OTLP specifies. Both happen before
+/// our handler runs, so they can only be fixed on the way out:
+/// - a message over the size limit is OUT_OF_RANGE when uncompressed (RESOURCE_EXHAUSTED when
+///   compressed); OTLP wants RESOURCE_EXHAUSTED, without RetryInfo, for both;
+/// - an undecodable protobuf is INTERNAL; OTLP wants INVALID_ARGUMENT.
+///
+/// Our handler never answers OUT_OF_RANGE or INTERNAL with these messages, so the rewrite is
+/// exact.
+pub fn otlp_status_codes<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const OUT_OF_RANGE: &[u8] = b"11";
+    const INTERNAL: &[u8] = b"13";
+    // grpc-message is percent-encoded (spaces included).
+    const DECODE_FAILURES: &[&[u8]] = &[
+        b"failed%20to%20decode%20Protobuf%20message",
+        b"Unexpected%20EOF%20decoding%20stream",
+    ];
+    let headers = response.headers();
+    let code = headers.get("grpc-status").map(|v| v.as_bytes());
+    let message = headers
+        .get("grpc-message")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let rewrite = match code {
+        Some(OUT_OF_RANGE) => Some("8"), // RESOURCE_EXHAUSTED
+        Some(INTERNAL) if DECODE_FAILURES.iter().any(|p| message.starts_with(p)) => Some("3"), // INVALID_ARGUMENT
+        _ => None,
+    };
+    if let Some(code) = rewrite {
+        response
+            .headers_mut()
+            .insert("grpc-status", http::HeaderValue::from_static(code));
     }
     response
 }

@@ -76,7 +76,11 @@ async fn readyz(State(ingest): State<Arc<Ingest>>) -> Response {
     if ingest.is_ready() {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "replaying the write-ahead log").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replaying the write-ahead log",
+        )
+            .into_response()
     }
 }
 

@@ -39,7 +39,9 @@ impl Drop for InflightGuard<'_> {
         self.ingest
             .inflight_bytes
             .fetch_sub(self.bytes, Ordering::AcqRel);
-        self.ingest.telemetry.add_inflight_bytes(-(self.bytes as i64));
+        self.ingest
+            .telemetry
+            .add_inflight_bytes(-(self.bytes as i64));
     }
 }
 
@@ -134,11 +136,9 @@ impl Ingest {
         self.telemetry.spans_accepted(accepted);
         self.telemetry.request_finished(protocol, "ok");
         Ok(ExportTraceServiceResponse {
-            partial_success: rejection_message.map(|message| {
-                ExportTracePartialSuccess {
-                    rejected_spans: rejected as i64,
-                    error_message: message,
-                }
+            partial_success: rejection_message.map(|message| ExportTracePartialSuccess {
+                rejected_spans: rejected as i64,
+                error_message: message,
             }),
         })
     }

@@ -195,10 +195,13 @@ fn replay_segment(
     let (records, damage) = format::read_segment(&bytes);
     for (offset, batch) in records {
         telemetry.wal_replayed(batch.spans.len());
-        sink(batch, WalPosition {
-            segment: seq,
-            offset,
-        });
+        sink(
+            batch,
+            WalPosition {
+                segment: seq,
+                offset,
+            },
+        );
     }
     if let Some((offset, damage)) = damage {
         // Keep the valid prefix; what follows the first bad record in this segment is lost
@@ -368,7 +371,10 @@ mod tests {
         }
         wal.close();
         let live = live.lock().unwrap().clone();
-        assert_eq!(live.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            live.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
 
         let (replayed, sink) = collecting();
         let wal = Wal::open(dir.path(), &config, telemetry.clone(), sink).unwrap();
@@ -394,11 +400,20 @@ mod tests {
         wal.close();
         let seg = segment_path(dir.path(), 1);
         let len = fs::metadata(&seg).unwrap().len();
-        OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
 
         let (replayed, sink) = collecting();
         drop(Wal::open(dir.path(), &config, telemetry.clone(), sink).unwrap());
         assert_eq!(replayed.lock().unwrap().len(), 1);
-        assert!(telemetry.encode().contains("idtrail_wal_torn_records_total 1"));
+        assert!(
+            telemetry
+                .encode()
+                .contains("idtrail_wal_torn_records_total 1")
+        );
     }
 }

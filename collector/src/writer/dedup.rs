@@ -43,8 +43,7 @@ impl Dedup {
 
     /// Records the id; `false` if it was seen within the window (a duplicate).
     pub fn insert(&mut self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> bool {
-        if self.rotated_at.elapsed() >= self.half_window || self.current.len() >= self.max_entries
-        {
+        if self.rotated_at.elapsed() >= self.half_window || self.current.len() >= self.max_entries {
             self.previous = std::mem::take(&mut self.current);
             self.rotated_at = Instant::now();
         }

@@ -288,10 +288,8 @@ impl SpanWriter {
         writer
             .write(&batch)
             .map_err(|e| Error::Parquet(e.to_string()))?;
-        writer.append_key_value_metadata(KeyValue::new(
-            WAL_END_KEY.to_string(),
-            wal_end.to_string(),
-        ));
+        writer
+            .append_key_value_metadata(KeyValue::new(WAL_END_KEY.to_string(), wal_end.to_string()));
         writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
         let seq = self.next_seq();
         let path = self.sink.publish(spans::TABLE, partition, seq, &bytes)?;
@@ -342,10 +340,7 @@ impl SpanWriter {
             builder.parquet_schema(),
             [spans::col::TRACE_ID, spans::col::SPAN_ID],
         );
-        let reader = builder
-            .with_projection(mask)
-            .build()
-            .map_err(parquet_err)?;
+        let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
         let mut seeded = 0;
         for batch in reader {
             let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;

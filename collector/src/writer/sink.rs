@@ -162,11 +162,25 @@ mod tests {
         let b = sink.publish("spans", &p, 7, b"second").unwrap();
         assert_ne!(a, b);
         assert_eq!(fs::read(dir.path().join(&a)).unwrap(), b"first");
-        let names: Vec<String> = sink.list("spans", &p).unwrap().into_iter().map(|f| f.name).collect();
-        assert_eq!(names, vec!["w1-000000000007.parquet", "w1-000000000008.parquet"]);
+        let names: Vec<String> = sink
+            .list("spans", &p)
+            .unwrap()
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec!["w1-000000000007.parquet", "w1-000000000008.parquet"]
+        );
         let hidden = fs::read_dir(dir.path().join(p.dir("spans")))
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
             .count();
         assert_eq!(hidden, 0, "no temp file left behind");
     }

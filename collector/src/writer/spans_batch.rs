@@ -31,8 +31,13 @@ impl BufferedSpan {
             + opt(&r.tool_call_id)
             + opt(&r.api_route)
             + opt(&r.effect_target)
-            + r.credential.as_ref().map_or(0, |c| c.fingerprint.len() + c.attribute.len())
-            + r.attributes.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+            + r.credential
+                .as_ref()
+                .map_or(0, |c| c.fingerprint.len() + c.attribute.len())
+            + r.attributes
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>()
     }
 }
 
@@ -142,10 +147,8 @@ pub fn to_record_batch(rows: &[BufferedSpan]) -> Result<RecordBatch, ArrowError>
     let mut effect_operation = strings(n);
     let mut effect_target = strings(n);
     let mut effect_is_write = BooleanBuilder::with_capacity(n);
-    let mut links = ListBuilder::with_capacity(
-        StructBuilder::from_fields(spans::link_fields(), 0),
-        n,
-    );
+    let mut links =
+        ListBuilder::with_capacity(StructBuilder::from_fields(spans::link_fields(), 0), n);
     let mut attributes = string_map(n);
     let mut resource_attributes = string_map(n);
     let mut ingest_principal = strings(n);
