@@ -55,13 +55,13 @@ pub async fn serve(
     let _lock = lock_data_dir(&config)?;
     let telemetry = Arc::new(Telemetry::new());
     let key_file = config.key_file();
-    if let (Ok(key), Ok(data)) = (key_file.canonicalize(), config.data_dir.canonicalize()) {
-        if key.starts_with(&data) {
-            tracing::warn!(
-                key_file = %key_file.display(),
-                "the fingerprint key is inside the data directory: whoever has the files has the key"
-            );
-        }
+    if let (Ok(key), Ok(data)) = (key_file.canonicalize(), config.data_dir.canonicalize())
+        && key.starts_with(&data)
+    {
+        tracing::warn!(
+            key_file = %key_file.display(),
+            "the fingerprint key is inside the data directory: whoever has the files has the key"
+        );
     }
     let fingerprinter = Fingerprinter::load_or_create(&key_file)?;
     let extractor = Extractor::new(&config, fingerprinter, telemetry.clone())?;

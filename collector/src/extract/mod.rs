@@ -302,29 +302,27 @@ fn credential(m: &mut mapping::Matches<'_>, row: &mut SpanRow, found: Vec<FoundS
             kind: secret.kind,
             attribute: secret.attribute,
         });
-    } else if let Some(key) = m.key(Field::TokenId).map(str::to_string) {
-        if let Some(jti) = m.take_string(Field::TokenId) {
-            row.credential = Some(Credential {
-                fingerprint: format!("jti:{jti}"),
-                kind: CredentialKind::Jwt,
-                attribute: key,
-            });
-        }
-    } else if let Some(key) = m.key(Field::GatewayCredential).map(str::to_string) {
-        if let Some(id) = m.take_string(Field::GatewayCredential) {
-            row.credential = Some(Credential {
-                fingerprint: format!("gw:{id}"),
-                kind: CredentialKind::GatewayId,
-                attribute: key,
-            });
-        }
+    } else if let Some(key) = m.key(Field::TokenId).map(str::to_string)
+        && let Some(jti) = m.take_string(Field::TokenId)
+    {
+        row.credential = Some(Credential {
+            fingerprint: format!("jti:{jti}"),
+            kind: CredentialKind::Jwt,
+            attribute: key,
+        });
+    } else if let Some(key) = m.key(Field::GatewayCredential).map(str::to_string)
+        && let Some(id) = m.take_string(Field::GatewayCredential)
+    {
+        row.credential = Some(Credential {
+            fingerprint: format!("gw:{id}"),
+            kind: CredentialKind::GatewayId,
+            attribute: key,
+        });
     }
     let token_has_scopes = row.token.as_ref().is_some_and(|t| !t.scopes.is_empty());
-    if !token_has_scopes {
-        if let Some(scopes) = m.take_string(Field::Scopes) {
-            let token = row.token.get_or_insert_with(Default::default);
-            token.scopes = scopes.split_whitespace().map(str::to_string).collect();
-        }
+    if !token_has_scopes && let Some(scopes) = m.take_string(Field::Scopes) {
+        let token = row.token.get_or_insert_with(Default::default);
+        token.scopes = scopes.split_whitespace().map(str::to_string).collect();
     }
 }
 

@@ -214,11 +214,11 @@ impl SecretScrubber {
             let fp = self.record(key, CredentialKind::UrlSecret, &user, found);
             changed |= url.set_username(&fp).is_ok();
         }
-        if let Some(query) = url.query().map(str::to_string) {
-            if let Some(scrubbed) = self.scrubbed_query(key, &query, found) {
-                url.set_query(Some(&scrubbed));
-                changed = true;
-            }
+        if let Some(query) = url.query().map(str::to_string)
+            && let Some(scrubbed) = self.scrubbed_query(key, &query, found)
+        {
+            url.set_query(Some(&scrubbed));
+            changed = true;
         }
         if changed {
             *s = url.to_string();

@@ -62,9 +62,12 @@ pub enum Damage {
     Corrupt,
 }
 
+/// A segment's valid records (`(end offset, batch)`), then where and why reading stopped early.
+pub type SegmentContents = (Vec<(u64, SpanBatch)>, Option<(u64, Damage)>);
+
 /// Reads a segment's records in order: `(end offset, batch)` for each valid one, then where and
 /// why reading stopped, if before the end.
-pub fn read_segment(bytes: &[u8]) -> (Vec<(u64, SpanBatch)>, Option<(u64, Damage)>) {
+pub fn read_segment(bytes: &[u8]) -> SegmentContents {
     let mut records = Vec::new();
     if bytes.len() < SEGMENT_MAGIC.len() || &bytes[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
         let damage = if bytes.len() < SEGMENT_MAGIC.len() {

@@ -347,7 +347,9 @@ mod tests {
         }
     }
 
-    fn collecting() -> (Arc<Mutex<Vec<(u8, WalPosition)>>>, DurableSink) {
+    type Seen = Arc<Mutex<Vec<(u8, WalPosition)>>>;
+
+    fn collecting() -> (Seen, DurableSink) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         (
