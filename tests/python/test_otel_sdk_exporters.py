@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import SpanKind, set_span_in_context
+from opentelemetry.trace import SpanKind
 
 from conftest import hex_span_id, hex_trace_id, make_jwt, sql, wait_for_rows
 

@@ -389,7 +389,7 @@ def test_secret_canaries_never_persisted_or_logged(idtrail_debug):
     assert wal_files, "no WAL segment to scan"
     wal_blob = b"".join(p.read_bytes() for p in wal_files)
     assert all(fp in wal_blob for fp in fingerprints), (
-        "the WAL holds none of the spans (the scan would be vacuous)"
+        "the WAL does not hold the spans (its scan would be vacuous)"
     )
     leaks += running_leaks
 

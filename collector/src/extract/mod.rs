@@ -460,3 +460,409 @@ fn side_effect(m: &mut mapping::Matches<'_>, row: &mut SpanRow) {
         row.effect_is_write = Some(true);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::jwt::tests::make_jwt;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, span::Link};
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn int(key: &str, value: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::IntValue(value)),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn span(kind: i32, attributes: Vec<KeyValue>) -> Span {
+        Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![3; 8],
+            name: "op".into(),
+            kind,
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            attributes,
+            ..Default::default()
+        }
+    }
+
+    fn extract_one(resource: Vec<KeyValue>, span: Span) -> (SpanRow, ResourceInfo) {
+        let extractor = Extractor::new(
+            &Config::default(),
+            Fingerprinter::from_key(&[9; 32]),
+            Arc::new(Telemetry::new()),
+        )
+        .unwrap();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: resource,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let out = extractor.extract(request, Some("ingest-key-1".into()), 99);
+        assert_eq!(out.rejected_count(), 0, "{:?}", out.rejected);
+        let resource = out.batch.header.resources[0].clone();
+        assert_eq!(
+            out.batch.header.ingest_principal.as_deref(),
+            Some("ingest-key-1")
+        );
+        (out.batch.spans.into_iter().next().unwrap(), resource)
+    }
+
+    fn attr<'a>(row: &'a SpanRow, key: &str) -> Option<&'a str> {
+        row.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn identity_and_token_claims() {
+        let jwt = make_jwt(&serde_json::json!({
+            "sub": "alice", "client_id": "portal", "scope": "a b", "jti": "j1",
+            "act": {"sub": "planner"}, "auth_time": 1
+        }));
+        let (row, resource) = extract_one(
+            vec![
+                kv("service.name", "orders"),
+                kv("k8s.cluster.name", "prod"),
+                kv("deployment.environment.name", "prod"),
+            ],
+            span(
+                2,
+                vec![
+                    kv("enduser.id", "bob"),
+                    kv("user.id", "alice@example.com"),
+                    kv("gen_ai.conversation.id", "conv-1"),
+                    kv("gen_ai.agent.name", "planner"),
+                    kv("gen_ai.operation.name", "invoke_agent"),
+                    kv(
+                        "http.request.header.authorization",
+                        &format!("Bearer {jwt}"),
+                    ),
+                    kv("client.address", "10.0.0.1"),
+                    kv("tls.client.subject", "spiffe://prod/ns/shop/sa/web"),
+                ],
+            ),
+        );
+        assert_eq!(
+            row.user_id.as_deref(),
+            Some("alice@example.com"),
+            "user.id outranks enduser.id"
+        );
+        assert_eq!(
+            attr(&row, "enduser.id"),
+            Some("bob"),
+            "the loser stays in the map"
+        );
+        assert_eq!(
+            attr(&row, "user.id"),
+            None,
+            "the winner moved to its column"
+        );
+        assert_eq!(row.session_id.as_deref(), Some("conv-1"));
+        assert_eq!(
+            row.agent_id.as_deref(),
+            Some("planner"),
+            "agent id falls back to the name"
+        );
+        assert_eq!(row.genai_operation.as_deref(), Some("invoke_agent"));
+        assert_eq!(row.client_address.as_deref(), Some("10.0.0.1"));
+        assert_eq!(
+            row.workload_id.as_deref(),
+            Some("spiffe://prod/ns/shop/sa/web")
+        );
+        let credential = row.credential.as_ref().unwrap();
+        assert_eq!(credential.kind, CredentialKind::Jwt);
+        assert_eq!(credential.attribute, "http.request.header.authorization");
+        assert_eq!(
+            attr(&row, "http.request.header.authorization"),
+            Some(credential.fingerprint.as_str())
+        );
+        let token = row.token.as_ref().unwrap();
+        assert_eq!(token.actors, vec!["planner"]);
+        assert_eq!(token.scopes, vec!["a", "b"]);
+        assert_eq!(resource.service_name.as_deref(), Some("orders"));
+        assert_eq!(resource.k8s_cluster.as_deref(), Some("prod"));
+        assert_eq!(
+            resource.attributes,
+            vec![(
+                "deployment.environment.name".to_string(),
+                "prod".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn user_comes_from_a_user_token_only() {
+        let user_token = make_jwt(&serde_json::json!({"sub": "carol", "client_id": "app"}));
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                2,
+                vec![kv("authorization", &format!("Bearer {user_token}"))],
+            ),
+        );
+        assert_eq!(row.user_id.as_deref(), Some("carol"));
+        let service_token = make_jwt(&serde_json::json!({"sub": "batch", "client_id": "batch"}));
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                2,
+                vec![kv("authorization", &format!("Bearer {service_token}"))],
+            ),
+        );
+        assert_eq!(row.user_id, None);
+        assert_eq!(row.token.unwrap().sub.as_deref(), Some("batch"));
+    }
+
+    #[test]
+    fn credential_falls_back_to_token_id_then_gateway_id() {
+        let (row, _) = extract_one(
+            vec![],
+            span(2, vec![kv("kong.consumer", "c1"), kv("jti", "t-9")]),
+        );
+        assert_eq!(row.credential.unwrap().fingerprint, "jti:t-9");
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                2,
+                vec![kv("kong.consumer", "c1"), kv("kong.credential", "cred-7")],
+            ),
+        );
+        let credential = row.credential.unwrap();
+        assert_eq!(
+            (credential.fingerprint.as_str(), credential.kind),
+            ("gw:cred-7", CredentialKind::GatewayId)
+        );
+        assert_eq!(attr(&SpanRow::default(), "x"), None);
+    }
+
+    #[test]
+    fn api_calls_by_protocol() {
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                2,
+                vec![
+                    kv("http.request.method", "GET"),
+                    kv("url.template", "/v1/x"),
+                    kv("http.route", "/v1/{id}"),
+                    kv("server.address", "api"),
+                    int("http.response.status_code", 404),
+                ],
+            ),
+        );
+        assert_eq!(row.api_protocol, Some(ApiProtocol::Http));
+        assert_eq!(
+            (row.api_method.as_deref(), row.api_route.as_deref()),
+            (Some("GET"), Some("/v1/{id}"))
+        );
+        assert_eq!(
+            (row.api_target.as_deref(), row.http_status),
+            (Some("api"), Some(404))
+        );
+        assert_eq!(row.effect_kind, None, "a server span is not a side effect");
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                3,
+                vec![
+                    kv("rpc.system.name", "grpc"),
+                    kv("rpc.method", "inventory.v1.Inventory/Reserve"),
+                ],
+            ),
+        );
+        assert_eq!(row.api_protocol, Some(ApiProtocol::Rpc));
+        assert_eq!(row.api_route.as_deref(), Some("inventory.v1.Inventory"));
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                2,
+                vec![
+                    kv("mcp.method.name", "tools/call"),
+                    kv("gen_ai.tool.name", "delete_order"),
+                    kv("http.request.method", "POST"),
+                ],
+            ),
+        );
+        assert_eq!(row.api_protocol, Some(ApiProtocol::Mcp));
+        assert_eq!(row.api_route.as_deref(), Some("delete_order"));
+        assert_eq!(row.tool_name.as_deref(), Some("delete_order"));
+
+        let (row, _) = extract_one(vec![], span(1, vec![kv("http.request.method", "GET")]));
+        assert_eq!(row.api_protocol, None, "internal spans make no API call");
+        assert_eq!(attr(&row, "http.request.method"), Some("GET"));
+    }
+
+    #[test]
+    fn side_effects_and_writes() {
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                3,
+                vec![
+                    kv("db.system.name", "postgresql"),
+                    kv("db.operation.name", "DELETE"),
+                    kv("db.namespace", "shop"),
+                    kv("db.collection.name", "orders"),
+                ],
+            ),
+        );
+        assert_eq!(row.effect_kind, Some(EffectKind::Db));
+        assert_eq!(row.effect_target.as_deref(), Some("shop.orders"));
+        assert_eq!(row.effect_is_write, Some(true));
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                3,
+                vec![
+                    kv("db.system", "mysql"),
+                    kv("db.statement", "select * from t where id = ?"),
+                ],
+            ),
+        );
+        assert_eq!(row.effect_operation.as_deref(), Some("SELECT"));
+        assert_eq!(row.effect_is_write, Some(false));
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                4,
+                vec![
+                    kv("messaging.system", "kafka"),
+                    kv("messaging.operation.type", "send"),
+                    kv("messaging.destination.name", "order-events"),
+                ],
+            ),
+        );
+        assert_eq!(
+            (row.effect_kind, row.effect_is_write),
+            (Some(EffectKind::Messaging), Some(true))
+        );
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                3,
+                vec![
+                    kv("http.request.method", "PUT"),
+                    kv("server.address", "s3.amazonaws.com"),
+                    kv(
+                        "url.full",
+                        "https://s3.amazonaws.com/bucket/key?X-Amz-Signature=deadbeef",
+                    ),
+                ],
+            ),
+        );
+        assert_eq!(row.effect_kind, Some(EffectKind::Http));
+        assert_eq!(
+            row.effect_target.as_deref(),
+            Some("s3.amazonaws.com/bucket/key")
+        );
+        assert_eq!(row.credential.as_ref().unwrap().kind, CredentialKind::UrlSecret);
+        assert!(
+            !attr(&row, "url.full")
+                .unwrap_or_default()
+                .contains("deadbeef")
+        );
+
+        let (row, _) = extract_one(
+            vec![],
+            span(
+                5,
+                vec![
+                    kv("messaging.system", "kafka"),
+                    kv("messaging.operation.type", "process"),
+                ],
+            ),
+        );
+        assert_eq!(
+            row.effect_kind, None,
+            "consumers read, they do not cause effects"
+        );
+    }
+
+    #[test]
+    fn links_scope_and_free_text_secrets() {
+        let jwt = make_jwt(&serde_json::json!({"sub": "x"}));
+        let mut s = span(1, vec![]);
+        s.name = format!("retry with Bearer {jwt}");
+        s.links = vec![
+            Link {
+                trace_id: vec![4; 16],
+                span_id: vec![5; 8],
+                ..Default::default()
+            },
+            Link {
+                trace_id: vec![0; 16],
+                span_id: vec![5; 8],
+                ..Default::default()
+            },
+        ];
+        let (row, _) = extract_one(vec![], s);
+        assert!(!row.name.contains(&jwt) && row.name.starts_with("retry with Bearer k"));
+        assert_eq!(
+            row.links,
+            vec![([4; 16], [5; 8])],
+            "invalid links are dropped"
+        );
+    }
+
+    #[test]
+    fn invalid_spans_are_rejected_by_reason() {
+        let extractor = Extractor::new(
+            &Config::default(),
+            Fingerprinter::from_key(&[9; 32]),
+            Arc::new(Telemetry::new()),
+        )
+        .unwrap();
+        let mut bad_parent = span(1, vec![]);
+        bad_parent.parent_span_id = vec![1; 3];
+        let mut no_start = span(1, vec![]);
+        no_start.start_time_unix_nano = 0;
+        let mut backwards = span(1, vec![]);
+        backwards.end_time_unix_nano = 5;
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![span(1, vec![]), bad_parent, no_start, backwards],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let out = extractor.extract(request, None, 0);
+        assert_eq!(out.batch.spans.len(), 1);
+        assert_eq!(out.rejected_count(), 3);
+        let message = out.rejection_message().unwrap();
+        assert!(message.starts_with("3 invalid spans rejected"), "{message}");
+        assert!(message.contains("parent_span_id"));
+    }
+}
