@@ -409,9 +409,7 @@ def test_secret_canaries_never_persisted_or_logged(idtrail_debug):
     assert not sorted(set(leaks)), "secrets leaked:\n" + "\n".join(sorted(set(leaks)))
 
 
-# --- Known server bugs: each of these is expected to fail until the collector is fixed. ---------
-# strict=True: once the bug is fixed the test passes, xfail turns into a failure, and the marker
-# must be removed.
+# --- Regressions: secrets the first canary run found stored in the clear. ---
 
 
 def _export_json(server, spans: list[dict], resource_attrs: list[dict] | None = None) -> None:
@@ -423,12 +421,6 @@ def _export_json(server, spans: list[dict], resource_attrs: list[dict] | None = 
     assert r.status_code == 200, (r.status_code, r.text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="SERVER BUG: a bytes-valued attribute under a secret key (app.api_key) is stored "
-    "as plain base64, not fingerprinted (Value::Scalar is skipped like numbers/booleans)",
-)
 def test_bytes_valued_secret_is_fingerprinted(idtrail, tmp_path):
     key = secrets.token_bytes(24)
     encoded = base64.b64encode(key).decode()
@@ -444,13 +436,6 @@ def test_bytes_valued_secret_is_fingerprinted(idtrail, tmp_path):
     assert FP_RE.match(stored or "")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="SERVER BUG: a JWT followed by '.' in free text (\"invalid token: <jwt>.\") is "
-    "not scrubbed: the trailing '.' is taken into the token, which then has 4 parts and "
-    "fails the JWT shape check",
-)
 def test_jwt_at_end_of_sentence_is_scrubbed(idtrail):
     sig = b64url(secrets.token_bytes(32))
     jwt = make_jwt({"sub": "dave", "iat": int(time.time())}, signature=sig)

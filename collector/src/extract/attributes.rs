@@ -15,9 +15,9 @@ pub const MAX_DEPTH: usize = 16;
 /// An attribute value after flattening.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    /// An OTLP string: the only kind that can hold a secret by key.
+    /// An OTLP string, or bytes as base64: the kinds that can hold a secret by key.
     Text(String),
-    /// A bool, int, double or bytes (base64), rendered as text.
+    /// A bool, int or double, rendered as text. Never treated as a secret by key alone.
     Scalar(String),
     /// An array of scalars, each rendered as text.
     List(Vec<String>),
@@ -94,6 +94,7 @@ fn to_value(value: Option<any_value::Value>) -> Value {
     match value {
         None => Value::Scalar(String::new()),
         Some(V::StringValue(s)) => Value::Text(s),
+        Some(V::BytesValue(b)) => Value::Text(STANDARD.encode(b)),
         Some(V::ArrayValue(array)) => {
             let scalars: Option<Vec<String>> = array
                 .values
@@ -207,6 +208,19 @@ mod tests {
         assert_eq!(out[1].1, Value::List(vec!["admin".into(), "dev".into()]));
         assert_eq!(out[2].1, Value::Scalar("7".into()));
         assert_eq!(out[1].1.clone().into_map_value(), r#"["admin","dev"]"#);
+    }
+
+    #[test]
+    fn bytes_are_text_so_secret_keys_apply() {
+        let attrs = vec![kv(
+            "app.api_key",
+            Some(AnyValue {
+                value: Some(any_value::Value::BytesValue(b"raw key".to_vec())),
+            }),
+        )];
+        let mut out = Vec::new();
+        flatten(attrs, 8, &mut out);
+        assert_eq!(out[0].1, Value::Text("cmF3IGtleQ==".into()));
     }
 
     #[test]

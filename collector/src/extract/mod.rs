@@ -786,7 +786,10 @@ mod tests {
             row.effect_target.as_deref(),
             Some("s3.amazonaws.com/bucket/key")
         );
-        assert_eq!(row.credential.as_ref().unwrap().kind, CredentialKind::UrlSecret);
+        assert_eq!(
+            row.credential.as_ref().unwrap().kind,
+            CredentialKind::UrlSecret
+        );
         assert!(
             !attr(&row, "url.full")
                 .unwrap_or_default()

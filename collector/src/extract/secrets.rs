@@ -23,13 +23,17 @@ pub struct FoundSecret {
     pub token: Option<DecodedToken>,
     /// Found in an Authorization header: the credential the caller presented.
     pub from_authorization: bool,
+    /// Found as a whole attribute value, not merely mentioned inside text (a span name, an
+    /// error message): only those are credentials the span presented.
+    pub whole_value: bool,
 }
 
 impl FoundSecret {
     /// Ordering used to pick the credential a span presented: Authorization headers first, then
-    /// by kind (tokens over keys over cookies over URL secrets).
-    pub fn rank(&self) -> (bool, CredentialKind) {
-        (!self.from_authorization, self.kind)
+    /// whole attribute values over secrets quoted in text, then by kind (tokens over keys over
+    /// cookies over URL secrets).
+    pub fn rank(&self) -> (bool, bool, CredentialKind) {
+        (!self.from_authorization, !self.whole_value, self.kind)
     }
 }
 
@@ -171,15 +175,18 @@ impl SecretScrubber {
             fingerprint: fingerprint.clone(),
             token,
             from_authorization,
+            whole_value: true,
         });
         *s = fingerprint;
     }
 
+    /// Fingerprints a secret that is part of a larger value (a URL, a query, free text).
     fn record(
         &self,
         key: &str,
         kind: CredentialKind,
         material: &str,
+        whole_value: bool,
         found: &mut Vec<FoundSecret>,
     ) -> String {
         let token = is_jwt(material)
@@ -192,6 +199,7 @@ impl SecretScrubber {
             fingerprint: fingerprint.clone(),
             token,
             from_authorization: false,
+            whole_value,
         });
         fingerprint
     }
@@ -206,12 +214,12 @@ impl SecretScrubber {
         };
         let mut changed = false;
         if let Some(password) = url.password().filter(|p| !p.is_empty()).map(str::to_string) {
-            let fp = self.record(key, CredentialKind::UrlSecret, &password, found);
+            let fp = self.record(key, CredentialKind::UrlSecret, &password, true, found);
             changed |= url.set_password(Some(&fp)).is_ok();
         } else if !url.username().is_empty() {
             // A lone username in a URL is usually a token (`https://<token>@host`).
             let user = url.username().to_string();
-            let fp = self.record(key, CredentialKind::UrlSecret, &user, found);
+            let fp = self.record(key, CredentialKind::UrlSecret, &user, true, found);
             changed |= url.set_username(&fp).is_ok();
         }
         if let Some(query) = url.query().map(str::to_string)
@@ -250,7 +258,7 @@ impl SecretScrubber {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &pairs {
             if !v.is_empty() && self.url_params.contains(&k.to_ascii_lowercase()) {
-                let fp = self.record(key, CredentialKind::UrlSecret, v, found);
+                let fp = self.record(key, CredentialKind::UrlSecret, v, true, found);
                 out.append_pair(k, &fp);
             } else {
                 out.append_pair(k, v);
@@ -284,7 +292,9 @@ impl SecretScrubber {
                 (None, None) => break,
             };
             let tail = &rest[token_start..];
-            let token_len = tail.find(|c: char| !is_token_char(c)).unwrap_or(tail.len());
+            let run = tail.find(|c: char| !is_token_char(c)).unwrap_or(tail.len());
+            // A trailing '.' ends the sentence, not the token ("invalid token: eyJ….").
+            let token_len = tail[..run].trim_end_matches('.').len();
             let token = &tail[..token_len];
             let scheme = rest[at..token_start].to_ascii_lowercase();
             let kind = if is_jwt(token) {
@@ -306,7 +316,7 @@ impl SecretScrubber {
             match kind {
                 Some(kind) => {
                     out.push_str(&rest[..token_start]);
-                    out.push_str(&self.record(key, kind, token, found));
+                    out.push_str(&self.record(key, kind, token, false, found));
                     changed = true;
                 }
                 None => out.push_str(&rest[..end]),
@@ -519,6 +529,20 @@ mod tests {
         let (v, found) = scrub("msg", Value::Text("auth: Basic dXNlcjpwYXNz — ok".into()));
         assert_eq!(found[0].kind, CredentialKind::Basic);
         assert!(!text(&v).contains("dXNlcjpwYXNz"));
+    }
+
+    #[test]
+    fn jwt_ending_a_sentence_is_found() {
+        let jwt = make_jwt(&serde_json::json!({"sub": "bob"}));
+        let (v, found) = scrub(
+            "status.message",
+            Value::Text(format!("invalid token: {jwt}.")),
+        );
+        let t = text(&v);
+        assert!(!t.contains(&jwt), "{t}");
+        assert!(t.ends_with('.'), "the full stop stays: {t}");
+        assert_eq!(found[0].kind, CredentialKind::Jwt);
+        assert!(!found[0].whole_value);
     }
 
     #[test]
