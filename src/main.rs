@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the collector: OTLP/gRPC and OTLP/HTTP in, scrubbed spans out as Parquet.
     Serve(ServeArgs),
+    /// Generate realistic identity-lineage traces and export them over OTLP to any endpoint.
+    Gen(idtrail::workload::GenArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,6 +122,7 @@ fn main() -> anyhow::Result<()> {
                 |_| {},
             ))?;
         }
+        Command::Gen(args) => runtime.block_on(idtrail::workload::run(args))?,
     }
     Ok(())
 }
