@@ -401,3 +401,111 @@ fn writer_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterPro
     }
     Ok(builder.build())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::SpanRow;
+    use sink::LocalDirSink;
+
+    fn batch(first_span: u8, n: u8) -> SpanBatch {
+        SpanBatch {
+            header: Default::default(),
+            spans: (first_span..first_span + n)
+                .map(|i| SpanRow {
+                    trace_id: [1; 16],
+                    span_id: [i; 8],
+                    start_time: 1_795_355_100_000_000_000,
+                    end_time: 1_795_355_100_000_000_100,
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn writer(dir: &std::path::Path) -> SpanWriter {
+        std::fs::create_dir_all(dir.join("wal")).unwrap();
+        SpanWriter::new(
+            Box::new(LocalDirSink::new(dir, "w")),
+            dir.join("wal"),
+            &WriterConfig::default(),
+            &DedupConfig::default(),
+            Arc::new(Telemetry::new()),
+        )
+        .unwrap()
+    }
+
+    fn pos(offset: u64) -> WalPosition {
+        WalPosition { segment: 1, offset }
+    }
+
+    #[test]
+    fn replayed_rows_already_published_are_skipped_by_footer_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = writer(dir.path());
+        first.accept(batch(1, 3), pos(100), false);
+        first.flush().unwrap();
+
+        // A restarted writer with an empty dedup window: only the footer's wal_end can tell it
+        // that the records up to 1:100 are already published.
+        let mut restarted = writer(dir.path());
+        restarted.accept(batch(1, 3), pos(100), true);
+        assert_eq!(
+            restarted.buffered_rows, 0,
+            "published rows are not written again"
+        );
+        restarted.accept(batch(10, 2), pos(200), true);
+        assert_eq!(
+            restarted.buffered_rows, 2,
+            "rows past the published position are"
+        );
+        restarted.flush().unwrap();
+
+        let files = restarted
+            .sink
+            .list(
+                spans::TABLE,
+                &Partition::of_nanos(1_795_355_100_000_000_000),
+            )
+            .unwrap();
+        assert_eq!(files.len(), 2);
+        let newest = restarted
+            .sink
+            .read(
+                spans::TABLE,
+                &Partition::of_nanos(1_795_355_100_000_000_000),
+                &files[1].name,
+            )
+            .unwrap();
+        assert_eq!(footer_value(&newest, WAL_END_KEY).as_deref(), Some("1:200"));
+        assert_eq!(
+            footer_value(&newest, SCHEMA_VERSION_KEY).as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn live_duplicates_are_dropped_and_dedup_is_seeded_from_recent_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        w.accept(batch(1, 3), pos(100), false);
+        w.accept(batch(1, 3), pos(200), false);
+        assert_eq!(w.buffered_rows, 3);
+        w.flush().unwrap();
+
+        // Files are in the partition of their span times (2026-11-22T13h); seed from it.
+        let mut restarted = writer(dir.path());
+        let partition = Partition::of_nanos(1_795_355_100_000_000_000);
+        let file = restarted.sink.list(spans::TABLE, &partition).unwrap()[0].clone();
+        let bytes = restarted
+            .sink
+            .read(spans::TABLE, &partition, &file.name)
+            .unwrap();
+        assert_eq!(restarted.seed_from_file(bytes).unwrap(), 3);
+        restarted.accept(batch(1, 3), pos(300), false);
+        assert_eq!(
+            restarted.buffered_rows, 0,
+            "a retry after restart is recognised"
+        );
+    }
+}
