@@ -471,6 +471,11 @@ mod tests {
     fn example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../idtrail.example.yaml");
         let c = Config::load(Some(&path), Vec::new(), &[]).unwrap();
-        assert_eq!(c.writer_id, "local");
+        // The example shows the defaults: loading it must change nothing.
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
     }
 }

@@ -30,6 +30,31 @@ impl Partition {
         }
     }
 
+    /// The partition named by hive directory names `date=YYYY-MM-DD` and `hour=HH`.
+    pub fn parse(date_dir: &str, hour_dir: &str) -> Option<Partition> {
+        let date = date_dir.strip_prefix("date=")?;
+        let hour: u32 = hour_dir.strip_prefix("hour=")?.parse().ok()?;
+        let mut parts = date.splitn(3, '-');
+        let year = parts.next()?.parse().ok()?;
+        let month = parts.next()?.parse().ok()?;
+        let day = parts.next()?.parse().ok()?;
+        let valid = chrono::NaiveDate::from_ymd_opt(year, month, day).is_some() && hour < 24;
+        valid.then_some(Partition {
+            year,
+            month,
+            day,
+            hour,
+        })
+    }
+
+    /// First instant of the partition, ns since the epoch.
+    pub fn start_nanos(&self) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(self.year, self.month, self.day)
+            .and_then(|d| d.and_hms_opt(self.hour, 0, 0))
+            .and_then(|t| t.and_utc().timestamp_nanos_opt())
+            .unwrap_or(i64::MIN)
+    }
+
     /// Directory of this partition relative to the data directory.
     pub fn dir(&self, table: &str) -> PathBuf {
         Path::new(table)
@@ -84,6 +109,16 @@ mod tests {
             p.dir("spans"),
             PathBuf::from("spans/date=2026-11-22/hour=13")
         );
+    }
+
+    #[test]
+    fn partition_directories_parse_back() {
+        let p = Partition::of_nanos(1_795_355_100_000_000_000);
+        assert_eq!(Partition::parse("date=2026-11-22", "hour=13"), Some(p));
+        assert_eq!(p.start_nanos(), 1_795_352_400_000_000_000);
+        assert_eq!(Partition::parse("date=2026-02-30", "hour=13"), None);
+        assert_eq!(Partition::parse("date=2026-11-22", "hour=24"), None);
+        assert_eq!(Partition::parse("2026-11-22", "hour=1"), None);
     }
 
     #[test]

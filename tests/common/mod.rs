@@ -138,26 +138,9 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
     }
 }
 
-/// Every published spans file under `data_dir` (hidden temp files excluded).
+/// Every published spans file under `data_dir`.
 pub fn parquet_files(data_dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![data_dir.join("spans")];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if path.is_dir() {
-                stack.push(path);
-            } else if name.ends_with(".parquet") && !name.starts_with('.') {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
+    idtrail_query::published_files(data_dir, "spans", None).expect("list spans files")
 }
 
 pub fn read_spans(data_dir: &Path) -> Vec<RecordBatch> {
