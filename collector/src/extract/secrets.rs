@@ -165,28 +165,17 @@ impl SecretScrubber {
             return;
         }
         let (kind, material) = classify(key_kind, trimmed);
-        let token = (kind == CredentialKind::Jwt)
-            .then(|| self.jwt.decode(material))
-            .flatten();
-        let fingerprint = self.fingerprinter.fingerprint(material.as_bytes());
-        found.push(FoundSecret {
-            kind,
-            attribute: key.to_string(),
-            fingerprint: fingerprint.clone(),
-            token,
-            from_authorization,
-            whole_value: true,
-        });
-        *s = fingerprint;
+        *s = self.record(key, kind, material, true, from_authorization, found);
     }
 
-    /// Fingerprints a secret that is part of a larger value (a URL, a query, free text).
+    /// Fingerprints `material`, decoding it first when it is a JWT, and records what was found.
     fn record(
         &self,
         key: &str,
         kind: CredentialKind,
         material: &str,
         whole_value: bool,
+        from_authorization: bool,
         found: &mut Vec<FoundSecret>,
     ) -> String {
         let token = is_jwt(material)
@@ -198,7 +187,7 @@ impl SecretScrubber {
             attribute: key.to_string(),
             fingerprint: fingerprint.clone(),
             token,
-            from_authorization: false,
+            from_authorization,
             whole_value,
         });
         fingerprint
@@ -214,12 +203,12 @@ impl SecretScrubber {
         };
         let mut changed = false;
         if let Some(password) = url.password().filter(|p| !p.is_empty()).map(str::to_string) {
-            let fp = self.record(key, CredentialKind::UrlSecret, &password, true, found);
+            let fp = self.record(key, CredentialKind::UrlSecret, &password, true, false, found);
             changed |= url.set_password(Some(&fp)).is_ok();
         } else if !url.username().is_empty() {
             // A lone username in a URL is usually a token (`https://<token>@host`).
             let user = url.username().to_string();
-            let fp = self.record(key, CredentialKind::UrlSecret, &user, true, found);
+            let fp = self.record(key, CredentialKind::UrlSecret, &user, true, false, found);
             changed |= url.set_username(&fp).is_ok();
         }
         if let Some(query) = url.query().map(str::to_string)
@@ -258,7 +247,7 @@ impl SecretScrubber {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &pairs {
             if !v.is_empty() && self.url_params.contains(&k.to_ascii_lowercase()) {
-                let fp = self.record(key, CredentialKind::UrlSecret, v, true, found);
+                let fp = self.record(key, CredentialKind::UrlSecret, v, true, false, found);
                 out.append_pair(k, &fp);
             } else {
                 out.append_pair(k, v);
@@ -316,7 +305,7 @@ impl SecretScrubber {
             match kind {
                 Some(kind) => {
                     out.push_str(&rest[..token_start]);
-                    out.push_str(&self.record(key, kind, token, false, found));
+                    out.push_str(&self.record(key, kind, token, false, false, found));
                     changed = true;
                 }
                 None => out.push_str(&rest[..end]),
