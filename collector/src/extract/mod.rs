@@ -25,7 +25,7 @@ use attributes::Value;
 use fingerprint::Fingerprinter;
 use jwt::JwtDecoder;
 use mapping::{Field, Mapping};
-use secrets::{FoundSecret, SecretScrubber};
+use secrets::{FoundSecret, KeyCache, SecretScrubber};
 
 /// Most attributes kept per span or resource (the OpenTelemetry SDK's default limit is 128;
 /// this leaves room for flattened maps). The rest are dropped and counted.
@@ -99,13 +99,14 @@ impl Extractor {
             resources: Vec::with_capacity(request.resource_spans.len()),
         };
         let mut out = Extracted::default();
+        let mut keys = KeyCache::default();
         for resource_spans in request.resource_spans {
             let resource_index = header.resources.len() as u32;
-            let resource = self.resource(resource_spans.resource);
+            let resource = self.resource(resource_spans.resource, &mut keys);
             for scope_spans in resource_spans.scope_spans {
                 let scope = scope_spans.scope.map(|s| (s.name, s.version));
                 for span in scope_spans.spans {
-                    match self.span(span, resource_index, &resource, scope.as_ref()) {
+                    match self.span(span, resource_index, &resource, scope.as_ref(), &mut keys) {
                         Ok(row) => out.batch.spans.push(row),
                         Err(reason) => *out.rejected.entry(reason).or_default() += 1,
                     }
@@ -117,10 +118,10 @@ impl Extractor {
         out
     }
 
-    fn scrub_all(&self, attrs: &mut [(String, Value)]) -> Vec<FoundSecret> {
+    fn scrub_all(&self, attrs: &mut [(String, Value)], keys: &mut KeyCache) -> Vec<FoundSecret> {
         let mut found = Vec::new();
         for (key, value) in attrs.iter_mut() {
-            self.scrubber.scrub_attribute(key, value, &mut found);
+            self.scrubber.scrub_attribute(key, value, &mut found, keys);
         }
         found
     }
@@ -131,12 +132,12 @@ impl Extractor {
         }
     }
 
-    fn resource(&self, resource: Option<Resource>) -> ResourceInfo {
+    fn resource(&self, resource: Option<Resource>, keys: &mut KeyCache) -> ResourceInfo {
         let mut attrs = Vec::new();
         if let Some(resource) = resource {
             attributes::flatten(resource.attributes, MAX_ATTRIBUTES, &mut attrs);
         }
-        let found = self.scrub_all(&mut attrs);
+        let found = self.scrub_all(&mut attrs, keys);
         self.count_secrets(&found);
         let mut info = ResourceInfo {
             workload_id: spiffe_id(&attrs),
@@ -166,6 +167,7 @@ impl Extractor {
         resource_index: u32,
         resource: &ResourceInfo,
         scope: Option<&(String, String)>,
+        keys: &mut KeyCache,
     ) -> Result<SpanRow, &'static str> {
         let trace_id: [u8; 16] =
             valid_id(&span.trace_id).ok_or("trace_id must be 16 bytes and not all zero")?;
@@ -197,7 +199,7 @@ impl Extractor {
                 attrs.push(("otel.scope.version".into(), Value::Text(version.clone())));
             }
         }
-        let mut found = self.scrub_all(&mut attrs);
+        let mut found = self.scrub_all(&mut attrs, keys);
         let mut name = span.name;
         self.scrubber.scrub_text("name", &mut name, &mut found);
         let mut status_message = span

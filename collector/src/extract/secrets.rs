@@ -5,7 +5,7 @@
 //! signed query parameter. The attribute is kept with the fingerprint in place of the value, so
 //! the same credential can still be followed across spans, services and days.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::SecretsConfig;
 use crate::extract::attributes::Value;
@@ -36,6 +36,20 @@ impl FoundSecret {
         (!self.from_authorization, !self.whole_value, self.kind)
     }
 }
+
+/// What a key says about its values, worked out once per distinct key per request (keys repeat
+/// across a request's spans; classifying one means lowercasing it and matching a dozen patterns).
+#[derive(Debug, Clone, Copy)]
+struct KeyClass {
+    secret: Option<CredentialKind>,
+    from_authorization: bool,
+    url: bool,
+    url_query: bool,
+}
+
+/// Per-request memo of [`KeyClass`]es.
+#[derive(Default)]
+pub struct KeyCache(HashMap<String, KeyClass>);
 
 pub struct SecretScrubber {
     fingerprinter: Fingerprinter,
@@ -100,10 +114,31 @@ impl SecretScrubber {
         })
     }
 
+    fn classify_key(&self, key: &str, cache: &mut KeyCache) -> KeyClass {
+        if let Some(class) = cache.0.get(key) {
+            return *class;
+        }
+        let class = KeyClass {
+            secret: self.key_kind(key),
+            from_authorization: key.to_ascii_lowercase().ends_with("authorization"),
+            url: self.url_keys.iter().any(|k| k == key),
+            url_query: key.ends_with("url.query"),
+        };
+        cache.0.insert(key.to_string(), class);
+        class
+    }
+
     /// Scrubs one attribute in place, recording every secret it held.
-    pub fn scrub_attribute(&self, key: &str, value: &mut Value, found: &mut Vec<FoundSecret>) {
-        if let Some(kind) = self.key_kind(key) {
-            let from_authorization = key.to_ascii_lowercase().ends_with("authorization");
+    pub fn scrub_attribute(
+        &self,
+        key: &str,
+        value: &mut Value,
+        found: &mut Vec<FoundSecret>,
+        cache: &mut KeyCache,
+    ) {
+        let class = self.classify_key(key, cache);
+        if let Some(kind) = class.secret {
+            let from_authorization = class.from_authorization;
             match value {
                 Value::Text(s) | Value::Json(s) => {
                     self.replace_whole(key, kind, from_authorization, s, found)
@@ -119,10 +154,10 @@ impl SecretScrubber {
             return;
         }
         match value {
-            Value::Text(s) => self.scrub_value(key, s, found),
+            Value::Text(s) => self.scrub_value(key, class, s, found),
             Value::List(items) => {
                 for s in items {
-                    self.scrub_value(key, s, found);
+                    self.scrub_value(key, class, s, found);
                 }
             }
             Value::Json(s) => self.scrub_text(key, s, found),
@@ -131,7 +166,13 @@ impl SecretScrubber {
     }
 
     /// A value under a non-secret key: it may still be a secret by shape or hold one in a URL.
-    fn scrub_value(&self, key: &str, s: &mut String, found: &mut Vec<FoundSecret>) {
+    fn scrub_value(
+        &self,
+        key: &str,
+        class: KeyClass,
+        s: &mut String,
+        found: &mut Vec<FoundSecret>,
+    ) {
         let trimmed = s.trim();
         if is_jwt(trimmed)
             || strip_prefix_ci(trimmed, "bearer ").is_some_and(|t| is_token_like(t.trim()))
@@ -140,12 +181,9 @@ impl SecretScrubber {
             self.replace_whole(key, CredentialKind::Bearer, false, s, found);
             return;
         }
-        if self.url_keys.iter().any(|k| k == key)
-            || trimmed.starts_with("https://")
-            || trimmed.starts_with("http://")
-        {
+        if class.url || trimmed.starts_with("https://") || trimmed.starts_with("http://") {
             self.scrub_url(key, s, found);
-        } else if key.ends_with("url.query") {
+        } else if class.url_query {
             self.scrub_query(key, s, found);
         }
         self.scrub_text(key, s, found);
@@ -203,7 +241,14 @@ impl SecretScrubber {
         };
         let mut changed = false;
         if let Some(password) = url.password().filter(|p| !p.is_empty()).map(str::to_string) {
-            let fp = self.record(key, CredentialKind::UrlSecret, &password, true, false, found);
+            let fp = self.record(
+                key,
+                CredentialKind::UrlSecret,
+                &password,
+                true,
+                false,
+                found,
+            );
             changed |= url.set_password(Some(&fp)).is_ok();
         } else if !url.username().is_empty() {
             // A lone username in a URL is usually a token (`https://<token>@host`).
@@ -422,7 +467,7 @@ mod tests {
     fn scrub(key: &str, value: Value) -> (Value, Vec<FoundSecret>) {
         let mut v = value;
         let mut found = Vec::new();
-        scrubber().scrub_attribute(key, &mut v, &mut found);
+        scrubber().scrub_attribute(key, &mut v, &mut found, &mut KeyCache::default());
         (v, found)
     }
 

@@ -35,7 +35,7 @@ use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalPosition};
 use dedup::Dedup;
 use sink::TableSink;
-use spans_batch::BufferedSpan;
+use spans_batch::estimated_bytes;
 
 /// Footer key holding the WAL position a file's rows reach.
 pub const WAL_END_KEY: &str = "idtrail.wal_end";
@@ -81,6 +81,17 @@ impl WriterHandle {
     }
 }
 
+/// Spans of one hour partition waiting to be published, kept in the batches they came in: rows
+/// are large, so they are never moved one by one.
+#[derive(Default)]
+struct PartitionBuffer {
+    batches: Vec<SpanBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+const HOUR_NANOS: i64 = 3_600_000_000_000;
+
 pub struct SpanWriter {
     sink: Box<dyn TableSink>,
     wal_dir: PathBuf,
@@ -88,7 +99,7 @@ pub struct SpanWriter {
     properties: WriterProperties,
     telemetry: Arc<Telemetry>,
     dedup: Dedup,
-    buffers: BTreeMap<Partition, Vec<BufferedSpan>>,
+    buffers: BTreeMap<Partition, PartitionBuffer>,
     buffered_bytes: usize,
     buffered_rows: usize,
     oldest: Option<Instant>,
@@ -174,36 +185,65 @@ impl SpanWriter {
     /// Buffers a durable batch, dropping retried duplicates and, on replay, rows already
     /// published.
     pub fn accept(&mut self, batch: SpanBatch, position: WalPosition, replayed: bool) {
+        let SpanBatch { header, mut spans } = batch;
         let mut duplicates = 0;
-        for row in batch.spans {
-            let partition = Partition::of_nanos(row.start_time);
-            if replayed
-                && self
+        spans.retain(|row| {
+            if replayed {
+                let partition = Partition::of_nanos(row.start_time);
+                if self
                     .published_end(&partition)
                     .is_some_and(|end| position <= end)
-            {
-                // Already in a published file: remember the id, don't write it twice.
-                self.dedup.insert(&row.trace_id, &row.span_id);
-                continue;
+                {
+                    // Already in a published file: remember the id, don't write it twice.
+                    self.dedup.insert(&row.trace_id, &row.span_id);
+                    return false;
+                }
             }
-            if !self.dedup.insert(&row.trace_id, &row.span_id) {
-                duplicates += 1;
-                continue;
-            }
-            let span = BufferedSpan {
-                header: batch.header.clone(),
-                row,
-            };
-            self.buffered_bytes += span.estimated_bytes();
-            self.buffered_rows += 1;
-            self.buffers.entry(partition).or_default().push(span);
-        }
+            let fresh = self.dedup.insert(&row.trace_id, &row.span_id);
+            duplicates += usize::from(!fresh);
+            fresh
+        });
         self.telemetry.spans_duplicate(duplicates);
+        self.last_position = Some(position);
+        let Some(first) = spans.first() else {
+            return;
+        };
+        // Almost always one batch is one hour: keep it whole. Otherwise split it by hour.
+        let hour = |row: &crate::record::SpanRow| row.start_time.div_euclid(HOUR_NANOS);
+        let first_hour = hour(first);
+        if spans.iter().all(|row| hour(row) == first_hour) {
+            self.buffer(SpanBatch { header, spans });
+        } else {
+            let mut by_hour: BTreeMap<i64, Vec<crate::record::SpanRow>> = BTreeMap::new();
+            for row in spans {
+                by_hour.entry(hour(&row)).or_default().push(row);
+            }
+            for spans in by_hour.into_values() {
+                self.buffer(SpanBatch {
+                    header: header.clone(),
+                    spans,
+                });
+            }
+        }
         self.telemetry.set_buffered_spans(self.buffered_rows);
-        if self.oldest.is_none() && self.buffered_rows > 0 {
+        if self.oldest.is_none() {
             self.oldest = Some(Instant::now());
         }
-        self.last_position = Some(position);
+    }
+
+    /// Adds a batch whose spans all fall in one hour partition.
+    fn buffer(&mut self, batch: SpanBatch) {
+        let Some(first) = batch.spans.first() else {
+            return;
+        };
+        let partition = Partition::of_nanos(first.start_time);
+        let bytes: usize = batch.spans.iter().map(estimated_bytes).sum();
+        let buffer = self.buffers.entry(partition).or_default();
+        buffer.rows += batch.spans.len();
+        buffer.bytes += bytes;
+        self.buffered_rows += batch.spans.len();
+        self.buffered_bytes += bytes;
+        buffer.batches.push(batch);
     }
 
     /// The WAL position the newest file of `partition` reaches, read from its footer once.
@@ -239,21 +279,19 @@ impl SpanWriter {
         let started = Instant::now();
         let buffers = std::mem::take(&mut self.buffers);
         let mut failed = None;
-        for (partition, mut rows) in buffers {
+        for (partition, buffer) in buffers {
             if failed.is_some() {
-                self.buffers.insert(partition, rows);
+                self.buffers.insert(partition, buffer);
                 continue;
             }
-            match self.publish(&partition, &mut rows, wal_end) {
+            match self.publish(&partition, &buffer, wal_end) {
                 Ok(()) => {
-                    self.buffered_rows -= rows.len();
-                    self.buffered_bytes = self
-                        .buffered_bytes
-                        .saturating_sub(rows.iter().map(BufferedSpan::estimated_bytes).sum());
+                    self.buffered_rows -= buffer.rows;
+                    self.buffered_bytes = self.buffered_bytes.saturating_sub(buffer.bytes);
                     self.published_ends.insert(partition, Some(wal_end));
                 }
                 Err(e) => {
-                    self.buffers.insert(partition, rows);
+                    self.buffers.insert(partition, buffer);
                     failed = Some(e);
                 }
             }
@@ -275,13 +313,18 @@ impl SpanWriter {
     fn publish(
         &mut self,
         partition: &Partition,
-        rows: &mut [BufferedSpan],
+        buffer: &PartitionBuffer,
         wal_end: WalPosition,
     ) -> Result<()> {
-        rows.sort_by_key(|s| s.row.start_time);
-        let batch = spans_batch::to_record_batch(rows)
+        let mut order: Vec<(u32, u32)> = Vec::with_capacity(buffer.rows);
+        for (b, batch) in buffer.batches.iter().enumerate() {
+            order.extend((0..batch.spans.len() as u32).map(|i| (b as u32, i)));
+        }
+        let start = |&(b, i): &(u32, u32)| buffer.batches[b as usize].spans[i as usize].start_time;
+        order.sort_by_key(start);
+        let batch = spans_batch::to_record_batch(&buffer.batches, &order)
             .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
-        let mut bytes = Vec::with_capacity(rows.len() * 64);
+        let mut bytes = Vec::with_capacity(buffer.rows * 64);
         let mut writer =
             ArrowWriter::try_new(&mut bytes, spans::schema(), Some(self.properties.clone()))
                 .map_err(|e| Error::Parquet(e.to_string()))?;
@@ -294,7 +337,7 @@ impl SpanWriter {
         let seq = self.next_seq();
         let path = self.sink.publish(spans::TABLE, partition, seq, &bytes)?;
         self.telemetry
-            .file_published(spans::TABLE, &path, rows.len(), bytes.len());
+            .file_published(spans::TABLE, &path, buffer.rows, bytes.len());
         Ok(())
     }
 

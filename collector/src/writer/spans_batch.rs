@@ -10,35 +10,26 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use idtrail_schemas::spans;
 
-use crate::record::{BatchHeader, SpanRow};
+use crate::record::{SpanBatch, SpanRow};
 
-/// A span waiting in the writer, with the request facts it shares with its batch.
-#[derive(Debug, Clone)]
-pub struct BufferedSpan {
-    pub header: Arc<BatchHeader>,
-    pub row: SpanRow,
-}
-
-impl BufferedSpan {
-    /// Rough in-memory size, for the buffer limit.
-    pub fn estimated_bytes(&self) -> usize {
-        let r = &self.row;
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        320 + r.name.len()
-            + opt(&r.user_id)
-            + opt(&r.session_id)
-            + opt(&r.agent_id)
-            + opt(&r.tool_call_id)
-            + opt(&r.api_route)
-            + opt(&r.effect_target)
-            + r.credential
-                .as_ref()
-                .map_or(0, |c| c.fingerprint.len() + c.attribute.len())
-            + r.attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 48)
-                .sum::<usize>()
-    }
+/// Rough in-memory size of a buffered span, for the buffer limit.
+pub fn estimated_bytes(r: &SpanRow) -> usize {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    std::mem::size_of::<SpanRow>()
+        + r.name.len()
+        + opt(&r.user_id)
+        + opt(&r.session_id)
+        + opt(&r.agent_id)
+        + opt(&r.tool_call_id)
+        + opt(&r.api_route)
+        + opt(&r.effect_target)
+        + r.credential
+            .as_ref()
+            .map_or(0, |c| c.fingerprint.len() + c.attribute.len())
+        + r.attributes
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 48)
+            .sum::<usize>()
 }
 
 fn hex_into(bytes: &[u8], out: &mut StringBuilder) {
@@ -95,9 +86,13 @@ fn append_map(
     builder.append(true)
 }
 
-/// Builds the batch. Rows keep the order given (the writer sorts them by start time first).
-pub fn to_record_batch(rows: &[BufferedSpan]) -> Result<RecordBatch, ArrowError> {
-    let n = rows.len();
+/// Builds the batch from `batches`, rows taken in `order` (`(batch, row)` indexes): the writer
+/// sorts the small index, never the rows themselves.
+pub fn to_record_batch(
+    batches: &[SpanBatch],
+    order: &[(u32, u32)],
+) -> Result<RecordBatch, ArrowError> {
+    let n = order.len();
     let mut trace_id = StringBuilder::with_capacity(n, n * 32);
     let mut span_id = StringBuilder::with_capacity(n, n * 16);
     let mut parent_span_id = StringBuilder::with_capacity(n, n * 16);
@@ -154,7 +149,13 @@ pub fn to_record_batch(rows: &[BufferedSpan]) -> Result<RecordBatch, ArrowError>
     let mut ingest_principal = strings(n);
     let mut ingested_at = utc(n);
 
-    for BufferedSpan { header, row: r } in rows {
+    for &(b, i) in order {
+        let Some((header, r)) = batches
+            .get(b as usize)
+            .and_then(|batch| Some((&batch.header, batch.spans.get(i as usize)?)))
+        else {
+            continue;
+        };
         let resource = header.resources.get(r.resource as usize);
         let res = |f: fn(&crate::record::ResourceInfo) -> &Option<String>| {
             resource.and_then(|info| f(info).as_deref())
