@@ -69,7 +69,7 @@ pub async fn serve(
     let wal_dir = config.data_dir.join("wal");
     let sink = LocalDirSink::new(&config.data_dir, &config.writer_id);
     let mut writer = SpanWriter::new(
-        Box::new(sink),
+        Arc::new(sink),
         wal_dir.clone(),
         &config.writer,
         &config.dedup,
@@ -77,7 +77,9 @@ pub async fn serve(
     )?;
     let seeded = writer.seed_dedup_from_recent_files(config.dedup.window)?;
     tracing::info!(ids = seeded, "dedup window seeded from recent files");
-    let (writer_handle, writer_thread) = writer.spawn(256)?;
+    // A short queue: a writer that falls behind slows WAL commits (and so acknowledgements)
+    // instead of holding hundreds of batches in memory.
+    let (writer_handle, writer_thread) = writer.spawn(32)?;
 
     let grpc_listener = TcpListener::bind(config.receivers.grpc_address)
         .await

@@ -7,6 +7,7 @@
 //! position are already in its files and are skipped.
 
 pub mod dedup;
+pub mod publisher;
 pub mod sink;
 pub mod spans_batch;
 
@@ -19,21 +20,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, StringArray};
 use idtrail_schemas::layout::Partition;
-use idtrail_schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, spans};
-use parquet::arrow::ArrowWriter;
+use idtrail_schemas::spans;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::{KeyValue, ParquetMetaDataReader, SortingColumn};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::file::metadata::ParquetMetaDataReader;
 use tokio::sync::oneshot;
 
 use crate::config::{DedupConfig, WriterConfig};
 use crate::error::{Error, Result};
 use crate::record::SpanBatch;
 use crate::telemetry::Telemetry;
-use crate::wal::{Wal, WalPosition};
+use crate::wal::WalPosition;
 use dedup::Dedup;
+use publisher::{PublishJob, Publisher};
 use sink::TableSink;
 use spans_batch::estimated_bytes;
 
@@ -84,7 +82,7 @@ impl WriterHandle {
 /// Spans of one hour partition waiting to be published, kept in the batches they came in: rows
 /// are large, so they are never moved one by one.
 #[derive(Default)]
-struct PartitionBuffer {
+pub struct PartitionBuffer {
     batches: Vec<SpanBatch>,
     rows: usize,
     bytes: usize,
@@ -92,11 +90,19 @@ struct PartitionBuffer {
 
 const HOUR_NANOS: i64 = 3_600_000_000_000;
 
+/// Where flushes go: published inline (before `spawn`, and in tests) or handed to the
+/// publisher thread.
+enum PublishTo {
+    Inline(Box<Publisher>),
+    Thread {
+        jobs: SyncSender<PublishJob>,
+        thread: JoinHandle<()>,
+    },
+}
+
 pub struct SpanWriter {
-    sink: Box<dyn TableSink>,
-    wal_dir: PathBuf,
+    sink: Arc<dyn TableSink>,
     config: WriterConfig,
-    properties: WriterProperties,
     telemetry: Arc<Telemetry>,
     dedup: Dedup,
     buffers: BTreeMap<Partition, PartitionBuffer>,
@@ -104,24 +110,22 @@ pub struct SpanWriter {
     buffered_rows: usize,
     oldest: Option<Instant>,
     last_position: Option<WalPosition>,
-    checkpointed: Option<WalPosition>,
     /// Per partition: the WAL position its newest published file reaches (replay skip).
     published_ends: HashMap<Partition, Option<WalPosition>>,
-    last_seq: u64,
+    publish_to: PublishTo,
 }
 
 impl SpanWriter {
     pub fn new(
-        sink: Box<dyn TableSink>,
+        sink: Arc<dyn TableSink>,
         wal_dir: PathBuf,
         config: &WriterConfig,
         dedup: &DedupConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<SpanWriter> {
+        let publisher = Publisher::new(sink.clone(), wal_dir, config, telemetry.clone())?;
         Ok(SpanWriter {
-            properties: writer_properties(config, sink.writer_id())?,
             sink,
-            wal_dir,
             config: config.clone(),
             telemetry,
             dedup: Dedup::new(dedup),
@@ -130,14 +134,22 @@ impl SpanWriter {
             buffered_rows: 0,
             oldest: None,
             last_position: None,
-            checkpointed: None,
             published_ends: HashMap::new(),
-            last_seq: 0,
+            publish_to: PublishTo::Inline(Box::new(publisher)),
         })
     }
 
-    /// Starts the writer thread.
-    pub fn spawn(self, queue: usize) -> Result<(WriterHandle, JoinHandle<()>)> {
+    /// Starts the intake thread (and the publisher thread behind it).
+    pub fn spawn(mut self, queue: usize) -> Result<(WriterHandle, JoinHandle<()>)> {
+        if let PublishTo::Inline(publisher) = self.publish_to {
+            // One flush publishing while the next accumulates: no more in memory than that.
+            let (jobs, pending) = std::sync::mpsc::sync_channel(0);
+            let thread = std::thread::Builder::new()
+                .name("idtrail-publish".into())
+                .spawn(move || publisher.run(pending))
+                .map_err(|e| Error::io("starting the publisher thread", e))?;
+            self.publish_to = PublishTo::Thread { jobs, thread };
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(queue);
         let thread = std::thread::Builder::new()
             .name("idtrail-writer".into())
@@ -163,9 +175,7 @@ impl SpanWriter {
                         self.flush_logged();
                     }
                 }
-                Ok(Message::Flush(reply)) => {
-                    let _ = reply.send(self.flush());
-                }
+                Ok(Message::Flush(reply)) => self.submit(Some(reply)),
                 Err(RecvTimeoutError::Timeout) => {
                     if self
                         .oldest
@@ -176,6 +186,10 @@ impl SpanWriter {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     self.flush_logged();
+                    if let PublishTo::Thread { jobs, thread } = self.publish_to {
+                        drop(jobs);
+                        let _ = thread.join();
+                    }
                     return;
                 }
             }
@@ -264,91 +278,57 @@ impl SpanWriter {
     }
 
     fn flush_logged(&mut self) {
-        if let Err(error) = self.flush() {
-            // The spans stay buffered and in the WAL; the next flush tries again.
-            tracing::error!(%error, "parquet flush failed; will retry");
-            self.oldest = Some(Instant::now());
-        }
+        self.submit(None);
     }
 
-    /// Publishes every buffered partition, then checkpoints the WAL.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Hands everything buffered to publication; `reply` learns when it is published.
+    fn submit(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
         let Some(wal_end) = self.last_position else {
-            return Ok(());
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(()));
+            }
+            return;
         };
-        let started = Instant::now();
         let buffers = std::mem::take(&mut self.buffers);
-        let mut failed = None;
-        for (partition, buffer) in buffers {
-            if failed.is_some() {
-                self.buffers.insert(partition, buffer);
-                continue;
-            }
-            match self.publish(&partition, &buffer, wal_end) {
-                Ok(()) => {
-                    self.buffered_rows -= buffer.rows;
-                    self.buffered_bytes = self.buffered_bytes.saturating_sub(buffer.bytes);
-                    self.published_ends.insert(partition, Some(wal_end));
-                }
-                Err(e) => {
-                    self.buffers.insert(partition, buffer);
-                    failed = Some(e);
-                }
-            }
+        // Publication retries until it succeeds, so these partitions will reach `wal_end`.
+        for partition in buffers.keys() {
+            self.published_ends.insert(*partition, Some(wal_end));
         }
-        self.telemetry.set_buffered_spans(self.buffered_rows);
-        if let Some(e) = failed {
-            return Err(e);
-        }
-        self.oldest = None;
+        self.buffered_rows = 0;
         self.buffered_bytes = 0;
-        if self.checkpointed != Some(wal_end) {
-            Wal::checkpoint(&self.wal_dir, wal_end)?;
-            self.checkpointed = Some(wal_end);
+        self.oldest = None;
+        self.telemetry.set_buffered_spans(0);
+        let mut job = PublishJob {
+            buffers,
+            wal_end,
+            done: reply,
+        };
+        match &mut self.publish_to {
+            PublishTo::Thread { jobs, .. } => {
+                if jobs.send(job).is_err() {
+                    tracing::error!(
+                        "publisher thread is gone; spans stay in the WAL until restart"
+                    );
+                }
+            }
+            PublishTo::Inline(publisher) => {
+                let result = publisher.publish(&mut job);
+                if let Err(error) = &result {
+                    tracing::error!(%error, "parquet flush failed");
+                }
+                if let Some(done) = job.done.take() {
+                    let _ = done.send(result);
+                }
+            }
         }
-        self.telemetry.flush_finished(started.elapsed());
-        Ok(())
     }
 
-    fn publish(
-        &mut self,
-        partition: &Partition,
-        buffer: &PartitionBuffer,
-        wal_end: WalPosition,
-    ) -> Result<()> {
-        let mut order: Vec<(u32, u32)> = Vec::with_capacity(buffer.rows);
-        for (b, batch) in buffer.batches.iter().enumerate() {
-            order.extend((0..batch.spans.len() as u32).map(|i| (b as u32, i)));
-        }
-        let start = |&(b, i): &(u32, u32)| buffer.batches[b as usize].spans[i as usize].start_time;
-        order.sort_by_key(start);
-        let batch = spans_batch::to_record_batch(&buffer.batches, &order)
-            .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
-        let mut bytes = Vec::with_capacity(buffer.rows * 64);
-        let mut writer =
-            ArrowWriter::try_new(&mut bytes, spans::schema(), Some(self.properties.clone()))
-                .map_err(|e| Error::Parquet(e.to_string()))?;
-        writer
-            .write(&batch)
-            .map_err(|e| Error::Parquet(e.to_string()))?;
-        writer
-            .append_key_value_metadata(KeyValue::new(WAL_END_KEY.to_string(), wal_end.to_string()));
-        writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
-        let seq = self.next_seq();
-        let path = self.sink.publish(spans::TABLE, partition, seq, &bytes)?;
-        self.telemetry
-            .file_published(spans::TABLE, &path, buffer.rows, bytes.len());
-        Ok(())
-    }
-
-    /// File sequence numbers: microseconds since the epoch, strictly increasing, so names sort
-    /// by publication across restarts without a scan of earlier files.
-    fn next_seq(&mut self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_seq = now.max(self.last_seq + 1);
-        self.last_seq
+    /// Publishes everything buffered and checkpoints the WAL, on the caller's thread (before
+    /// `spawn`; tests).
+    pub fn flush(&mut self) -> Result<()> {
+        let (reply, mut done) = oneshot::channel();
+        self.submit(Some(reply));
+        done.try_recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
     /// Remembers the ids of spans published within the dedup window, so a retry that arrives
@@ -421,30 +401,6 @@ fn footer_value(bytes: &bytes::Bytes, key: &str) -> Option<String> {
         .and_then(|kv| kv.value.clone())
 }
 
-fn writer_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterProperties> {
-    let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| Error::config(e.to_string()))?;
-    let start_time_index = spans::schema()
-        .index_of(spans::col::START_TIME)
-        .map_err(|e| Error::config(e.to_string()))?;
-    let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: start_time_index as i32,
-            descending: false,
-            nulls_first: false,
-        }]))
-        .set_key_value_metadata(Some(vec![
-            KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
-            KeyValue::new(WRITER_ID_KEY.to_string(), writer_id.to_string()),
-        ]));
-    for column in &config.bloom_filter_columns {
-        builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
-    }
-    Ok(builder.build())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,7 +425,7 @@ mod tests {
     fn writer(dir: &std::path::Path) -> SpanWriter {
         std::fs::create_dir_all(dir.join("wal")).unwrap();
         SpanWriter::new(
-            Box::new(LocalDirSink::new(dir, "w")),
+            Arc::new(LocalDirSink::new(dir, "w")),
             dir.join("wal"),
             &WriterConfig::default(),
             &DedupConfig::default(),
@@ -522,7 +478,7 @@ mod tests {
             .unwrap();
         assert_eq!(footer_value(&newest, WAL_END_KEY).as_deref(), Some("1:200"));
         assert_eq!(
-            footer_value(&newest, SCHEMA_VERSION_KEY).as_deref(),
+            footer_value(&newest, idtrail_schemas::SCHEMA_VERSION_KEY).as_deref(),
             Some("1")
         );
     }

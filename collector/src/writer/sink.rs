@@ -18,7 +18,7 @@ pub struct FileEntry {
     pub modified: SystemTime,
 }
 
-pub trait TableSink: Send {
+pub trait TableSink: Send + Sync {
     /// Publishes `bytes` atomically as a file of `table` in `partition`, named after this
     /// writer and a sequence number at least `seq`. Returns the file's path relative to the
     /// store's root. Readers see either no file or the whole file.
