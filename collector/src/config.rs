@@ -112,7 +112,8 @@ pub struct WriterConfig {
     /// visible in Parquet within about this time of arrival.
     #[serde(with = "humantime_serde")]
     pub max_file_age: Duration,
-    /// Buffered spans are written out once their in-memory size passes this many bytes.
+    /// Buffered spans are written out once their in-memory size passes this many bytes. Up to
+    /// two buffers exist at once: one being published while the next fills.
     pub max_buffer_bytes: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
@@ -126,7 +127,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         WriterConfig {
             max_file_age: Duration::from_secs(8),
-            max_buffer_bytes: 256 << 20,
+            max_buffer_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
             zstd_level: 3,
             bloom_filter_columns: vec!["trace_id".into(), "credential_fp".into()],
