@@ -159,14 +159,23 @@ impl Default for DedupConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExtractionConfig {
+    /// The initiating human (`user_id`).
     pub user_id: Vec<String>,
+    /// Roles of the user (`user_roles`), as a list.
     pub user_roles: Vec<String>,
+    /// Session or conversation (`session_id`).
     pub session_id: Vec<String>,
+    /// Agent identifier (`agent_id`); falls back to the agent name.
     pub agent_id: Vec<String>,
+    /// Agent name (`agent_name`).
     pub agent_name: Vec<String>,
+    /// GenAI operation, e.g. `invoke_agent`, `execute_tool` (`genai_operation`).
     pub genai_operation: Vec<String>,
+    /// Tool an agent called (`tool_name`); also the route of MCP calls.
     pub tool_name: Vec<String>,
+    /// One tool call (`tool_call_id`).
     pub tool_call_id: Vec<String>,
+    /// Caller network address (`client_address`).
     pub client_address: Vec<String>,
     /// Token scopes when no decoded token carries them.
     pub scopes: Vec<String>,
@@ -174,23 +183,41 @@ pub struct ExtractionConfig {
     pub token_id: Vec<String>,
     /// Gateway consumer/credential ids, used when neither a secret nor a token id is present.
     pub gateway_credential: Vec<String>,
+    /// HTTP method of an API call (`api_method`) and of an outbound HTTP side effect.
     pub http_method: Vec<String>,
+    /// Low-cardinality route of an HTTP call (`api_route`).
     pub http_route: Vec<String>,
+    /// HTTP response status (`http_status`).
     pub http_status: Vec<String>,
+    /// Marks an RPC call (`api_protocol = rpc`).
     pub rpc_system: Vec<String>,
+    /// RPC method (`api_method`).
     pub rpc_method: Vec<String>,
+    /// RPC service (`api_route`).
     pub rpc_service: Vec<String>,
+    /// MCP JSON-RPC method (`api_protocol = mcp`, `api_method`).
     pub mcp_method: Vec<String>,
+    /// MCP resource touched (`effect_kind = mcp_resource`, `effect_target`).
     pub mcp_resource_uri: Vec<String>,
+    /// Callee of an API call (`api_target`).
     pub server_address: Vec<String>,
+    /// Marks a database side effect (`effect_kind = db`).
     pub db_system: Vec<String>,
+    /// Database operation (`effect_operation`); else the first keyword of the query text.
     pub db_operation: Vec<String>,
+    /// Database namespace, first half of `effect_target`.
     pub db_namespace: Vec<String>,
+    /// Table or collection, second half of `effect_target`.
     pub db_collection: Vec<String>,
+    /// Marks a messaging side effect (`effect_kind = messaging`).
     pub messaging_system: Vec<String>,
+    /// Messaging operation (`effect_operation`); send/create/publish write.
     pub messaging_operation: Vec<String>,
+    /// Queue or topic (`effect_target`).
     pub messaging_destination: Vec<String>,
+    /// Full URLs: scanned for secrets, and the path of outbound HTTP side effects.
     pub url_full: Vec<String>,
+    /// URL path of outbound HTTP side effects when no route is known.
     pub url_path: Vec<String>,
 }
 
