@@ -373,6 +373,8 @@ async fn http_refuses_bad_requests_with_otlp_statuses() {
     .encode_to_vec();
     let r = post(&server, "application/x-protobuf", None, big).await;
     assert_eq!(r.status(), 413, "over the limit uncompressed");
+    let status = RpcStatus::decode(r.bytes().await.expect("body")).expect("google.rpc.Status body");
+    assert_eq!(status.code, tonic::Code::ResourceExhausted as i32);
 
     // Decompression bombs: 50 MB of zeros compress to ~50 kB; the cap is 100 kB decompressed.
     let zeros = vec![0u8; 50 << 20];

@@ -292,7 +292,13 @@ pub struct SecretsConfig {
 impl Default for SecretsConfig {
     fn default() -> Self {
         SecretsConfig {
-            exact_keys: strings(&["authorization", "cookie", "set-cookie", "x-api-key"]),
+            exact_keys: strings(&[
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+                "x-api-key",
+            ]),
             key_substrings: strings(&[
                 "token", "api_key", "apikey", "api-key", "secret", "password", "passwd",
             ]),
@@ -398,6 +404,11 @@ impl Config {
         {
             return Err(Error::config(
                 "writer_id must be non-empty ASCII letters, digits or '_'",
+            ));
+        }
+        if self.receivers.max_request_bytes > 256 << 20 {
+            return Err(Error::config(
+                "receivers.max_request_bytes is at most 256 MiB (the WAL's record limit is 1 GiB)",
             ));
         }
         if self.receivers.max_request_bytes == 0 || self.wal.segment_bytes == 0 {

@@ -96,6 +96,29 @@ pub async fn serve(
             .map_err(|e| Error::io("reading the HTTP address", e))?,
     };
 
+    // The listeners serve from now on: health and readiness answer during replay, exports are
+    // refused as retryable until the WAL is replayed.
+    let ingest = Arc::new(Ingest::new(
+        extractor,
+        telemetry.clone(),
+        config.receivers.max_request_bytes,
+        config.receivers.max_inflight_bytes,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let grpc_server = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            grpc::otlp_status_codes::<tonic::body::Body>,
+        ))
+        .add_service(grpc::service(ingest.clone()))
+        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
+    let http_server = axum::serve(http_listener, http::router(ingest.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc_task = tokio::spawn(grpc_server);
+    let http_task = tokio::spawn(async move { http_server.await });
+
     // Replay happens before any export is accepted; the flag tells the writer which batches
     // come from the old log (and may already be published).
     let replaying = Arc::new(AtomicBool::new(true));
@@ -125,30 +148,7 @@ pub async fn serve(
         "WAL replayed"
     );
 
-    let ingest = Arc::new(Ingest::new(
-        extractor,
-        wal,
-        telemetry.clone(),
-        config.receivers.max_request_bytes,
-        config.receivers.max_inflight_bytes,
-    ));
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let grpc_server = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(
-            grpc::otlp_status_codes::<tonic::body::Body>,
-        ))
-        .add_service(grpc::service(ingest.clone()))
-        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
-    let http_server = axum::serve(http_listener, http::router(ingest.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let grpc_task = tokio::spawn(grpc_server);
-    let http_task = tokio::spawn(async move { http_server.await });
-
-    ingest.set_ready(true);
+    ingest.open(wal);
     tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.data_dir.display(), "idtrail ready");
     on_bound(bound);
 

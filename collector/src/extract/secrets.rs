@@ -39,9 +39,12 @@ impl FoundSecret {
 
 /// What a key says about its values, worked out once per distinct key per request (keys repeat
 /// across a request's spans; classifying one means lowercasing it and matching a dozen patterns).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct KeyClass {
     secret: Option<CredentialKind>,
+    /// Numbers under this key are secrets too (`db.password = 12345678`); not under `*token*`
+    /// keys, whose numbers are counts.
+    scalar_secret: bool,
     from_authorization: bool,
     url: bool,
     url_query: bool,
@@ -118,9 +121,12 @@ impl SecretScrubber {
         if let Some(class) = cache.0.get(key) {
             return *class;
         }
+        let secret = self.key_kind(key);
+        let lower = key.to_ascii_lowercase();
         let class = KeyClass {
-            secret: self.key_kind(key),
-            from_authorization: key.to_ascii_lowercase().ends_with("authorization"),
+            secret,
+            scalar_secret: secret.is_some() && !lower.contains("token"),
+            from_authorization: lower.ends_with("authorization"),
             url: self.url_keys.iter().any(|k| k == key),
             url_query: key.ends_with("url.query"),
         };
@@ -148,6 +154,9 @@ impl SecretScrubber {
                         self.replace_whole(key, kind, from_authorization, s, found);
                     }
                 }
+                Value::Scalar(s) if class.scalar_secret => {
+                    self.replace_whole(key, kind, from_authorization, s, found)
+                }
                 // Numbers and booleans under a `*token*` key are counts and flags, not secrets.
                 Value::Scalar(_) => {}
             }
@@ -160,8 +169,45 @@ impl SecretScrubber {
                     self.scrub_value(key, class, s, found);
                 }
             }
-            Value::Json(s) => self.scrub_text(key, s, found),
+            Value::Json(s) => self.scrub_json(key, s, found),
             Value::Scalar(_) => {}
+        }
+    }
+
+    /// Nested maps and arrays (kept as JSON): secret keys apply at every level, and every
+    /// string is scrubbed as a value. Walked with a stack; the JSON is depth-bounded anyway.
+    fn scrub_json(&self, key: &str, s: &mut String, found: &mut Vec<FoundSecret>) {
+        use serde_json::Value as J;
+        let Ok(mut tree) = serde_json::from_str::<J>(s) else {
+            self.scrub_text(key, s, found);
+            return;
+        };
+        let before = found.len();
+        let mut stack: Vec<(&mut J, Option<CredentialKind>)> = vec![(&mut tree, None)];
+        while let Some((node, secret)) = stack.pop() {
+            match node {
+                J::Object(map) => {
+                    for (k, v) in map.iter_mut() {
+                        stack.push((v, self.key_kind(k).or(secret)));
+                    }
+                }
+                J::Array(items) => stack.extend(items.iter_mut().map(|v| (v, secret))),
+                J::String(text) => match secret {
+                    Some(kind) => self.replace_whole(key, kind, false, text, found),
+                    None => self.scrub_value(key, KeyClass::default(), text, found),
+                },
+                J::Number(n) if secret.is_some() => {
+                    let mut text = n.to_string();
+                    if let Some(kind) = secret {
+                        self.replace_whole(key, kind, false, &mut text, found);
+                    }
+                    *node = J::String(text);
+                }
+                _ => {}
+            }
+        }
+        if found.len() > before {
+            *s = tree.to_string();
         }
     }
 
@@ -181,10 +227,16 @@ impl SecretScrubber {
             self.replace_whole(key, CredentialKind::Bearer, false, s, found);
             return;
         }
-        if class.url || trimmed.starts_with("https://") || trimmed.starts_with("http://") {
+        if class.url || looks_like_url(trimmed) {
             self.scrub_url(key, s, found);
         } else if class.url_query {
             self.scrub_query(key, s, found);
+        } else if trimmed.starts_with('/')
+            && let Some((path, query)) = trimmed.split_once('?')
+            && let Some(scrubbed) = self.scrubbed_query(key, query, found)
+        {
+            // A request target (`http.target`, `url.path`): `/callback?code=…`.
+            *s = format!("{path}?{scrubbed}");
         }
         self.scrub_text(key, s, found);
     }
@@ -233,7 +285,7 @@ impl SecretScrubber {
 
     /// Userinfo and signed query parameters of a URL.
     fn scrub_url(&self, key: &str, s: &mut String, found: &mut Vec<FoundSecret>) {
-        if !s.contains('@') && !s.contains('?') {
+        if !s.contains('@') && !s.contains('?') && !s.contains('#') {
             return;
         }
         let Ok(mut url) = url::Url::parse(s.trim()) else {
@@ -260,6 +312,13 @@ impl SecretScrubber {
             && let Some(scrubbed) = self.scrubbed_query(key, &query, found)
         {
             url.set_query(Some(&scrubbed));
+            changed = true;
+        }
+        // OAuth implicit and hybrid flows return tokens in the fragment.
+        if let Some(fragment) = url.fragment().map(str::to_string)
+            && let Some(scrubbed) = self.scrubbed_query(key, &fragment, found)
+        {
+            url.set_fragment(Some(&scrubbed));
             changed = true;
         }
         if changed {
@@ -362,6 +421,17 @@ impl SecretScrubber {
             *s = out;
         }
     }
+}
+
+/// `scheme://…` for any scheme (`https`, `postgres`, `amqps`, any case).
+fn looks_like_url(s: &str) -> bool {
+    s.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme.len() <= 32
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    })
 }
 
 /// Splits a known-secret value into its kind and the material to fingerprint: the token after
@@ -563,6 +633,50 @@ mod tests {
         let (v, found) = scrub("msg", Value::Text("auth: Basic dXNlcjpwYXNz — ok".into()));
         assert_eq!(found[0].kind, CredentialKind::Basic);
         assert!(!text(&v).contains("dXNlcjpwYXNz"));
+    }
+
+    #[test]
+    fn review_findings_are_scrubbed() {
+        let cases = [
+            (
+                "http.request.header.proxy-authorization",
+                Value::Text("Negotiate YIIsecretgss".into()),
+                "YIIsecretgss",
+            ),
+            (
+                "http.request.headers",
+                Value::Json(r#"[{"password":"hunter2"},{"x":"Bearer abcdefgh12345678"}]"#.into()),
+                "hunter2",
+            ),
+            (
+                "http.request.headers",
+                Value::Json(r#"[{"x":"Bearer abcdefgh12345678"}]"#.into()),
+                "abcdefgh12345678",
+            ),
+            (
+                "db.connection_string",
+                Value::Text("postgres://app:pgsecret99@db:5432/shop".into()),
+                "pgsecret99",
+            ),
+            (
+                "redirect",
+                Value::Text("HTTPS://app/cb#access_token=fragtoken123&state=x".into()),
+                "fragtoken123",
+            ),
+            (
+                "http.target",
+                Value::Text("/callback?code=authcode777&state=s".into()),
+                "authcode777",
+            ),
+            ("db.password", Value::Scalar("12345678".into()), "12345678"),
+        ];
+        for (key, value, secret) in cases {
+            let (v, found) = scrub(key, value);
+            assert!(!text(&v).contains(secret), "{key}: {}", text(&v));
+            assert!(!found.is_empty(), "{key}");
+        }
+        let (v, _) = scrub("http.target", Value::Text("/callback?state=s".into()));
+        assert_eq!(text(&v), "/callback?state=s");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -61,11 +61,10 @@ impl Encoding {
 }
 
 pub fn router(ingest: Arc<Ingest>) -> Router {
-    // The raw body may not exceed the decompressed limit either; axum answers 413 past it.
-    let body_limit = ingest.max_request_bytes;
     Router::new()
+        // The body is read under the limit by the handler, so a 413 carries an OTLP Status.
         .route("/v1/traces", post(export))
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::disable())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -95,12 +94,13 @@ async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {
         .into_response()
 }
 
-async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
     // Errors are answered in the request's encoding when it is known, protobuf otherwise.
     let encoding = Encoding::of(&headers);
     let reply_as = *encoding.as_ref().unwrap_or(&Encoding::Protobuf);
     let result = async {
         let encoding = encoding?;
+        let body = read_body(body, ingest.max_request_bytes).await?;
         let raw = decompress(&headers, &body, ingest.max_request_bytes)?;
         let request = decode(encoding, &raw)?;
         ingest.export(PROTOCOL, request, raw.len(), None).await
@@ -143,6 +143,16 @@ fn error_response(error: &Error, encoding: Encoding) -> Response {
         );
     }
     response
+}
+
+/// The raw body, refused past `limit` bytes (the decompressed limit bounds the wire size too).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::TooLarge { limit }),
+        Err(_) => Err(Error::Decode("the request body could not be read".into())),
+    }
 }
 
 /// The body after `Content-Encoding`, refused past `limit` bytes however small it was on the

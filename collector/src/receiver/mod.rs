@@ -4,8 +4,8 @@
 pub mod grpc;
 pub mod http;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
@@ -20,7 +20,8 @@ use crate::wal::Wal;
 /// Shared state of the receivers.
 pub struct Ingest {
     extractor: Extractor,
-    wal: Wal,
+    /// Set once the WAL is replayed; the receivers serve health and readiness before that.
+    wal: OnceLock<Wal>,
     telemetry: Arc<Telemetry>,
     ready: AtomicBool,
     inflight_bytes: AtomicUsize,
@@ -48,14 +49,13 @@ impl Drop for InflightGuard<'_> {
 impl Ingest {
     pub fn new(
         extractor: Extractor,
-        wal: Wal,
         telemetry: Arc<Telemetry>,
         max_request_bytes: usize,
         max_inflight_bytes: usize,
     ) -> Ingest {
         Ingest {
             extractor,
-            wal,
+            wal: OnceLock::new(),
             telemetry,
             ready: AtomicBool::new(false),
             inflight_bytes: AtomicUsize::new(0),
@@ -66,6 +66,14 @@ impl Ingest {
 
     pub fn telemetry(&self) -> &Arc<Telemetry> {
         &self.telemetry
+    }
+
+    /// Starts accepting exports into `wal` (replayed).
+    pub fn open(&self, wal: Wal) {
+        if self.wal.set(wal).is_err() {
+            tracing::error!("the WAL was opened twice; keeping the first");
+        }
+        self.set_ready(true);
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -79,7 +87,9 @@ impl Ingest {
     /// Stops accepting exports and lets queued WAL appends finish.
     pub fn close(&self) {
         self.set_ready(false);
-        self.wal.close();
+        if let Some(wal) = self.wal.get() {
+            wal.close();
+        }
     }
 
     fn reserve(&self, bytes: usize) -> Result<InflightGuard<'_>> {
@@ -108,9 +118,10 @@ impl Ingest {
         decoded_bytes: usize,
         principal: Option<String>,
     ) -> Result<ExportTraceServiceResponse> {
-        if !self.is_ready() {
-            return Err(Error::NotReady);
-        }
+        let wal = match self.wal.get() {
+            Some(wal) if self.is_ready() => wal,
+            _ => return Err(Error::NotReady),
+        };
         let _guard = self.reserve(decoded_bytes)?;
         self.telemetry.request_received(protocol, decoded_bytes);
         let received: usize = request
@@ -131,7 +142,7 @@ impl Ingest {
         }
         let accepted = extracted.batch.spans.len();
         if accepted > 0 {
-            self.wal.append(extracted.batch).await?;
+            wal.append(extracted.batch).await?;
         }
         self.telemetry.spans_accepted(accepted);
         self.telemetry.request_finished(protocol, "ok");

@@ -45,8 +45,14 @@ pub fn encode_record(batch: &SpanBatch, out: &mut Vec<u8>) -> Result<()> {
         .map_err(|e| Error::WalUnavailable(format!("encoding a WAL record: {e}")))?;
     *out = out_vec;
     let payload = &out[start + RECORD_HEADER_LEN..];
-    let len = u32::try_from(payload.len())
-        .map_err(|_| Error::WalUnavailable("WAL record over 4 GiB".into()))?;
+    // A reader takes a longer record for corruption, so never acknowledge one.
+    if payload.len() > MAX_RECORD_LEN {
+        out.truncate(start);
+        return Err(Error::TooLarge {
+            limit: MAX_RECORD_LEN,
+        });
+    }
+    let len = payload.len() as u32;
     let crc = crc32c::crc32c(payload);
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());

@@ -72,8 +72,11 @@ impl WriterHandle {
     /// Publishes everything buffered now (shutdown, tests).
     pub async fn flush(&self) -> Result<()> {
         let (reply, done) = oneshot::channel();
-        self.tx
-            .send(Message::Flush(reply))
+        // The queue may be full: wait for a slot off the async runtime's threads.
+        let tx = self.tx.clone();
+        tokio::task::spawn_blocking(move || tx.send(Message::Flush(reply)))
+            .await
+            .map_err(|_| Error::ShuttingDown)?
             .map_err(|_| Error::ShuttingDown)?;
         done.await.map_err(|_| Error::ShuttingDown)?
     }
@@ -315,6 +318,13 @@ impl SpanWriter {
                 let result = publisher.publish(&mut job);
                 if let Err(error) = &result {
                     tracing::error!(%error, "parquet flush failed");
+                    // Unpublished partitions go back to the buffer: nothing is checkpointed
+                    // past them, and the next flush tries again.
+                    for (partition, buffer) in std::mem::take(&mut job.buffers) {
+                        self.buffered_rows += buffer.rows;
+                        self.buffered_bytes += buffer.bytes;
+                        self.buffers.insert(partition, buffer);
+                    }
                 }
                 if let Some(done) = job.done.take() {
                     let _ = done.send(result);
@@ -480,6 +490,87 @@ mod tests {
         assert_eq!(
             footer_value(&newest, idtrail_schemas::SCHEMA_VERSION_KEY).as_deref(),
             Some("1")
+        );
+    }
+
+    /// Fails publications while `failing` is set, otherwise writes to a local directory.
+    struct FlakySink {
+        inner: LocalDirSink,
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    impl TableSink for FlakySink {
+        fn publish(&self, table: &str, p: &Partition, seq: u64, bytes: &[u8]) -> Result<String> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(Error::io("test", std::io::Error::other("disk full")));
+            }
+            self.inner.publish(table, p, seq, bytes)
+        }
+        fn list(&self, table: &str, p: &Partition) -> Result<Vec<sink::FileEntry>> {
+            self.inner.list(table, p)
+        }
+        fn read(&self, table: &str, p: &Partition, name: &str) -> Result<bytes::Bytes> {
+            self.inner.read(table, p, name)
+        }
+        fn writer_id(&self) -> &str {
+            self.inner.writer_id()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_is_retried_never_dropped_and_never_checkpointed_past() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        // Segment 1 holds the records of the failing flush; it must survive until they land.
+        std::fs::write(wal_dir.join(format!("{:020}.wal", 1)), b"IDTWAL01").unwrap();
+        let sink = Arc::new(FlakySink {
+            inner: LocalDirSink::new(dir.path(), "w"),
+            failing: std::sync::atomic::AtomicBool::new(true),
+        });
+        let writer = SpanWriter::new(
+            sink.clone(),
+            wal_dir.clone(),
+            &WriterConfig::default(),
+            &DedupConfig::default(),
+            Arc::new(Telemetry::new()),
+        )
+        .unwrap();
+        let (handle, thread) = writer.spawn(4).unwrap();
+        handle.durable(
+            batch(1, 3),
+            WalPosition {
+                segment: 1,
+                offset: 100,
+            },
+            false,
+        );
+        assert!(
+            handle.flush().await.is_err(),
+            "the waiter hears of the failure"
+        );
+        // A later, empty flush reaching past segment 1 must not checkpoint it away while the
+        // failed job is unpublished: it queues behind the job's retries.
+        handle.durable(
+            batch(1, 0),
+            WalPosition {
+                segment: 2,
+                offset: 10,
+            },
+            false,
+        );
+        assert!(wal_dir.join(format!("{:020}.wal", 1)).exists());
+        sink.failing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        handle.flush().await.unwrap();
+        drop(handle);
+        thread.join().unwrap();
+        let partition = Partition::of_nanos(1_795_355_100_000_000_000);
+        let files = sink.list(spans::TABLE, &partition).unwrap();
+        assert_eq!(files.len(), 1, "the retried job was published once");
+        assert!(
+            !wal_dir.join(format!("{:020}.wal", 1)).exists(),
+            "then checkpointed"
         );
     }
 

@@ -69,20 +69,19 @@ impl Publisher {
     pub fn run(mut self, jobs: Receiver<PublishJob>) {
         for mut job in jobs {
             let mut delay = Duration::from_millis(100);
-            let result = loop {
-                match self.publish(&mut job) {
-                    Ok(()) => break Ok(()),
-                    // A caller waiting on the flush (shutdown, tests) gets the error instead.
-                    Err(e) if job.done.is_some() => break Err(e),
-                    Err(error) => {
-                        tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "parquet flush failed; retrying");
-                        std::thread::sleep(delay);
-                        delay = (delay * 2).min(MAX_RETRY_DELAY);
-                    }
+            // A job is never dropped: the next job's checkpoint would delete WAL records that
+            // are in no file. A waiter (shutdown, tests) hears of the first failure, and the
+            // job goes on being retried; if the process exits meanwhile, the WAL still has it.
+            while let Err(error) = self.publish(&mut job) {
+                tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "parquet flush failed; retrying");
+                if let Some(done) = job.done.take() {
+                    let _ = done.send(Err(error));
                 }
-            };
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
             if let Some(done) = job.done.take() {
-                let _ = done.send(result);
+                let _ = done.send(Ok(()));
             }
         }
     }

@@ -4,7 +4,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use idtrail_schemas::layout::{self, Partition};
@@ -89,11 +89,13 @@ impl TableSink for LocalDirSink {
         let ctx = |what: &str| format!("{what} in {}", dir.display());
         self.ensure_dir(&dir)
             .map_err(|e| Error::io(ctx("creating partition"), e))?;
-        // Never replace a published file: skip to a free sequence number.
-        let mut seq = seq;
-        while dir.join(layout::file_name(&self.writer_id, seq)).exists() {
-            seq += 1;
-        }
+        // Above every file of ours in the partition: names then sort in publication order even
+        // if the clock stepped back, and a published file is never replaced.
+        let newest = self
+            .list(table, partition)?
+            .last()
+            .and_then(|f| layout::parse_file_seq(&self.writer_id, &f.name));
+        let seq = newest.map_or(seq, |n| seq.max(n + 1));
         let name = layout::file_name(&self.writer_id, seq);
         let temp = dir.join(layout::temp_file_name(&self.writer_id, seq));
         let write = || -> std::io::Result<()> {
@@ -104,12 +106,19 @@ impl TableSink for LocalDirSink {
                 .open(&temp)?;
             file.write_all(bytes)?;
             file.sync_all()?;
-            fs::rename(&temp, dir.join(&name))?;
-            sync_dir(&dir)
+            fs::rename(&temp, dir.join(&name))
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&temp);
             return Err(Error::io(ctx("publishing a parquet file"), e));
+        }
+        // The file is visible now: reporting failure would get it published twice. Persist the
+        // rename before the caller checkpoints the WAL, however long that takes.
+        let mut delay = Duration::from_millis(50);
+        while let Err(error) = sync_dir(&dir) {
+            tracing::error!(%error, dir = %dir.display(), "fsync of a partition directory failed; retrying");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
         Ok(rel_dir.join(name).to_string_lossy().into_owned())
     }
@@ -159,7 +168,8 @@ mod tests {
         let sink = LocalDirSink::new(dir.path(), "w1");
         let p = Partition::of_nanos(0);
         let a = sink.publish("spans", &p, 7, b"first").unwrap();
-        let b = sink.publish("spans", &p, 7, b"second").unwrap();
+        // A clock that stepped back proposes a lower number: names still sort by publication.
+        let b = sink.publish("spans", &p, 3, b"second").unwrap();
         assert_ne!(a, b);
         assert_eq!(fs::read(dir.path().join(&a)).unwrap(), b"first");
         let names: Vec<String> = sink
