@@ -262,14 +262,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     encoder.finish().expect("gzip")
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
 #[tokio::test]
 async fn http_accepts_protobuf_json_gzip_and_zstd() {
     let server = TestServer::start(&[]).await;
@@ -331,7 +323,8 @@ async fn http_refuses_bad_requests_with_otlp_statuses() {
     )
     .await;
     assert_eq!(r.status(), 400);
-    let status = RpcStatus::decode(r.bytes().await.expect("body")).expect("google.rpc.Status body");
+    let status = tonic_types::Status::decode(r.bytes().await.expect("body"))
+        .expect("google.rpc.Status body");
     assert_eq!(status.code, tonic::Code::InvalidArgument as i32);
 
     let r = post(
@@ -373,7 +366,8 @@ async fn http_refuses_bad_requests_with_otlp_statuses() {
     .encode_to_vec();
     let r = post(&server, "application/x-protobuf", None, big).await;
     assert_eq!(r.status(), 413, "over the limit uncompressed");
-    let status = RpcStatus::decode(r.bytes().await.expect("body")).expect("google.rpc.Status body");
+    let status = tonic_types::Status::decode(r.bytes().await.expect("body"))
+        .expect("google.rpc.Status body");
     assert_eq!(status.code, tonic::Code::ResourceExhausted as i32);
 
     // Decompression bombs: 50 MB of zeros compress to ~50 kB; the cap is 100 kB decompressed.

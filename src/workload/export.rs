@@ -26,6 +26,7 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::{ErrorDetails, StatusExt};
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -299,7 +300,7 @@ impl Exporter {
 /// OTLP/gRPC retry policy: the spec's retryable codes, RESOURCE_EXHAUSTED
 /// only when the server sent RetryInfo (otherwise it is a hard limit).
 fn classify_status(status: &tonic::Status) -> AttemptError {
-    let delay = retry_info_delay(status.details());
+    let delay = retry_info_delay(status);
     let retryable = match status.code() {
         Code::Unavailable
         | Code::Cancelled
@@ -398,76 +399,21 @@ fn rejected(resp: &ExportTraceServiceResponse) -> u64 {
 }
 
 // -- RetryInfo ----------------------------------------------------------------
-// google.rpc.Status / Any / RetryInfo, declared by hand so reading one field
-// out of grpc-status-details-bin needs no extra crate.
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<ProtoAny>,
+/// The delay a RetryInfo in the status details asks for, if any.
+fn retry_info_delay(status: &tonic::Status) -> Option<Duration> {
+    status.get_details_retry_info()?.retry_delay
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    retry_delay: Option<ProtoDuration>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ProtoDuration {
-    #[prost(int64, tag = "1")]
-    seconds: i64,
-    #[prost(int32, tag = "2")]
-    nanos: i32,
-}
-
-const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
-
-fn retry_info_delay(details: &[u8]) -> Option<Duration> {
-    if details.is_empty() {
-        return None;
-    }
-    let status = RpcStatus::decode(details).ok()?;
-    status
-        .details
-        .iter()
-        .filter(|a| a.type_url == RETRY_INFO_TYPE)
-        .find_map(|a| RetryInfo::decode(a.value.as_slice()).ok()?.retry_delay)
-        .map(|d| {
-            Duration::from_secs(u64::try_from(d.seconds).unwrap_or(0))
-                + Duration::from_nanos(u64::try_from(d.nanos).unwrap_or(0))
-        })
-}
-
-/// Builds grpc-status-details-bin bytes carrying a RetryInfo (test servers).
+/// grpc-status-details-bin bytes carrying a RetryInfo (test servers).
 pub fn retry_info_details(delay: Duration) -> Vec<u8> {
-    let info = RetryInfo {
-        retry_delay: Some(ProtoDuration {
-            seconds: i64::try_from(delay.as_secs()).unwrap_or(i64::MAX),
-            nanos: i32::try_from(delay.subsec_nanos()).unwrap_or(0),
-        }),
-    };
-    RpcStatus {
-        code: Code::ResourceExhausted as i32,
-        message: String::new(),
-        details: vec![ProtoAny {
-            type_url: RETRY_INFO_TYPE.to_string(),
-            value: info.encode_to_vec(),
-        }],
-    }
-    .encode_to_vec()
+    tonic::Status::with_error_details(
+        Code::ResourceExhausted,
+        "",
+        ErrorDetails::with_retry_info(Some(delay)),
+    )
+    .details()
+    .to_vec()
 }
 
 // -- pass-through codec -------------------------------------------------------
@@ -559,8 +505,9 @@ mod tests {
     #[test]
     fn retry_info_round_trips() {
         let bytes = retry_info_details(Duration::from_millis(1500));
-        assert_eq!(retry_info_delay(&bytes), Some(Duration::from_millis(1500)));
-        assert_eq!(retry_info_delay(&[]), None);
+        let status = tonic::Status::with_details(Code::Unavailable, "", bytes.into());
+        assert_eq!(retry_info_delay(&status), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_info_delay(&tonic::Status::unavailable("x")), None);
     }
 
     #[test]

@@ -21,15 +21,6 @@ pub const PROTOCOL: &str = "http";
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
-/// `google.rpc.Status`, the body OTLP/HTTP error responses carry.
-#[derive(Clone, PartialEq, prost::Message, serde::Serialize)]
-struct RpcStatus {
-    #[prost(int32, tag = "1")]
-    code: i32,
-    #[prost(string, tag = "2")]
-    message: String,
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Encoding {
     Protobuf,
@@ -122,13 +113,19 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
 }
 
 fn error_response(error: &Error, encoding: Encoding) -> Response {
-    let status = RpcStatus {
-        code: error.to_grpc_status().code() as i32,
-        message: error.to_string(),
-    };
+    // The body OTLP/HTTP errors carry: a google.rpc.Status.
+    let code = error.to_grpc_status().code() as i32;
+    let message = error.to_string();
     let body = match encoding {
-        Encoding::Protobuf => status.encode_to_vec(),
-        Encoding::Json => serde_json::to_vec(&status).unwrap_or_default(),
+        Encoding::Protobuf => tonic_types::Status {
+            code,
+            message,
+            details: Vec::new(),
+        }
+        .encode_to_vec(),
+        Encoding::Json => serde_json::json!({ "code": code, "message": message })
+            .to_string()
+            .into_bytes(),
     };
     let mut response = (
         error.http_status(),
