@@ -443,3 +443,51 @@ async fn health_readiness_and_metrics() {
     }
     server.stop().await;
 }
+
+/// A store that cannot take files (here: `spans` is a plain file) stalls publication; the WAL
+/// and queues fill; then exports are refused as retryable instead of hanging, and once the
+/// store recovers everything acknowledged is published.
+#[tokio::test]
+async fn stalled_publication_refuses_exports_as_retryable_and_loses_nothing() {
+    let server = TestServer::start(&[
+        ("writer.max_file_age", "100ms"),
+        ("receivers.ack_timeout", "500ms"),
+    ])
+    .await;
+    let spans_dir = server.data_dir().join("spans");
+    std::fs::create_dir_all(server.data_dir()).expect("data dir");
+    let _ = std::fs::remove_dir_all(&spans_dir);
+    std::fs::write(&spans_dir, b"not a directory").expect("block the store");
+
+    let mut client = client(&server).await;
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..20_000u16 {
+        let id = i.to_be_bytes();
+        let span_id = [id[0], id[1], 1, 1, 1, 1, 1, 1];
+        // Each request is its own batch: the writer queue fills after a few dozen.
+        match client
+            .export(request("svc", vec![span(&[9; 16], &span_id, "s", vec![])]))
+            .await
+        {
+            Ok(_) => acked.push(hex(&span_id)),
+            Err(status) => {
+                refused = Some(status);
+                break;
+            }
+        }
+    }
+    let status = refused.expect("exports are refused once the pipeline is full");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.get_details_retry_info().is_some());
+
+    std::fs::remove_file(&spans_dir).expect("unblock the store");
+    let dir = server.stop().await;
+    let stored: Vec<String> = stored_ids(&dir.path().join("data"))
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged span {id} lost");
+    }
+}

@@ -71,6 +71,11 @@ pub struct ReceiversConfig {
     /// Decoded request bytes allowed in flight at once. Past it, requests are refused as
     /// UNAVAILABLE / HTTP 503 with a retry hint instead of queueing without bound.
     pub max_inflight_bytes: usize,
+    /// Longest a request waits for its spans to become durable. Past it the request is refused
+    /// as UNAVAILABLE / HTTP 503 with a retry hint (the spans may still land; the retry is then
+    /// deduplicated), so a stalled disk or store never leaves exporters hanging.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
 }
 
 impl Default for ReceiversConfig {
@@ -80,6 +85,7 @@ impl Default for ReceiversConfig {
             http_address: SocketAddr::from(([127, 0, 0, 1], 4318)),
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 256 << 20,
+            ack_timeout: Duration::from_secs(5),
         }
     }
 }

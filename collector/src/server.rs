@@ -103,6 +103,7 @@ pub async fn serve(
         telemetry.clone(),
         config.receivers.max_request_bytes,
         config.receivers.max_inflight_bytes,
+        config.receivers.ack_timeout,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

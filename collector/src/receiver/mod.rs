@@ -6,7 +6,7 @@ pub mod http;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -26,6 +26,7 @@ pub struct Ingest {
     ready: AtomicBool,
     inflight_bytes: AtomicUsize,
     max_inflight_bytes: usize,
+    ack_timeout: Duration,
     pub max_request_bytes: usize,
 }
 
@@ -52,6 +53,7 @@ impl Ingest {
         telemetry: Arc<Telemetry>,
         max_request_bytes: usize,
         max_inflight_bytes: usize,
+        ack_timeout: Duration,
     ) -> Ingest {
         Ingest {
             extractor,
@@ -60,6 +62,7 @@ impl Ingest {
             ready: AtomicBool::new(false),
             inflight_bytes: AtomicUsize::new(0),
             max_inflight_bytes,
+            ack_timeout,
             max_request_bytes,
         }
     }
@@ -142,7 +145,14 @@ impl Ingest {
         }
         let accepted = extracted.batch.spans.len();
         if accepted > 0 {
-            wal.append(extracted.batch).await?;
+            tokio::time::timeout(self.ack_timeout, wal.append(extracted.batch))
+                .await
+                .map_err(|_| {
+                    Error::Overloaded(format!(
+                        "spans not durable within {:?}; the writer is behind",
+                        self.ack_timeout
+                    ))
+                })??;
         }
         self.telemetry.spans_accepted(accepted);
         self.telemetry.request_finished(protocol, "ok");
