@@ -110,6 +110,10 @@ pub async fn serve(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let grpc_server = tonic::transport::Server::builder()
+        // Export requests are hundreds of kB; HTTP/2's default 64 KiB windows make each one
+        // wait for several window updates.
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
         .layer(tower::util::MapResponseLayer::new(
             grpc::otlp_status_codes::<tonic::body::Body>,
         ))
