@@ -1,10 +1,12 @@
 //! The Parquet writer: buffers durable spans per hour partition and publishes them as files.
 //!
-//! It runs on its own thread and receives batches in WAL order. A flush writes every buffered
-//! partition, each file recording in its footer the WAL position it covers (`idtrail.wal_end`),
-//! and only then checkpoints the WAL. That footer makes replay exactly-once: after a crash
-//! between publishing and checkpointing, replayed records at or before a partition's published
-//! position are already in its files and are skipped.
+//! The intake thread (here) receives batches in WAL order, drops retried duplicates and buffers
+//! the rest; a flush hands the whole buffer to the publisher thread (`publisher.rs`) and starts
+//! the next. The publisher writes one file per partition, each recording in its footer the WAL
+//! position it covers (`idtrail.wal_end`), and only then checkpoints the WAL; a failed flush is
+//! retried, never dropped. The footer makes replay exactly-once: after a crash between
+//! publishing and checkpointing, replayed records at or before a partition's published position
+//! are already in its files and are skipped.
 
 pub mod dedup;
 pub mod publisher;
