@@ -8,7 +8,6 @@ use std::fs::{self, File};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -66,21 +65,6 @@ pub async fn serve(
     let fingerprinter = Fingerprinter::load_or_create(&key_file)?;
     let extractor = Extractor::new(&config, fingerprinter, telemetry.clone())?;
 
-    let wal_dir = config.data_dir.join("wal");
-    let sink = LocalDirSink::new(&config.data_dir, &config.writer_id);
-    let mut writer = SpanWriter::new(
-        Arc::new(sink),
-        wal_dir.clone(),
-        &config.writer,
-        &config.dedup,
-        telemetry.clone(),
-    )?;
-    let seeded = writer.seed_dedup_from_recent_files(config.dedup.window)?;
-    tracing::info!(ids = seeded, "dedup window seeded from recent files");
-    // A short queue: a writer that falls behind slows WAL commits (and so acknowledgements)
-    // instead of holding hundreds of batches in memory.
-    let (writer_handle, writer_thread) = writer.spawn(32)?;
-
     let grpc_listener = TcpListener::bind(config.receivers.grpc_address)
         .await
         .map_err(|e| Error::io(format!("binding {}", config.receivers.grpc_address), e))?;
@@ -118,17 +102,34 @@ pub async fn serve(
             grpc::otlp_status_codes::<tonic::body::Body>,
         ))
         .add_service(grpc::service(ingest.clone()))
-        .serve_with_incoming_shutdown(tokio_stream_from(grpc_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            accepted_connections(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
     let http_server = axum::serve(http_listener, http::router(ingest.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(async move { http_server.await });
 
-    // Replay happens before any export is accepted; the flag tells the writer which batches
-    // come from the old log (and may already be published).
-    let replaying = Arc::new(AtomicBool::new(true));
+    let wal_dir = config.data_dir.join("wal");
+    let sink = LocalDirSink::new(&config.data_dir, &config.writer_id);
+    let mut writer = SpanWriter::new(
+        Arc::new(sink),
+        wal_dir.clone(),
+        &config.writer,
+        &config.dedup,
+        telemetry.clone(),
+    )?;
+    // Reads the files of the last few minutes: after the listeners, so probes answer meanwhile.
+    let seeded = writer.seed_dedup_from_recent_files(config.dedup.window)?;
+    tracing::info!(ids = seeded, "dedup window seeded from recent files");
+    // A short queue: a writer that falls behind slows WAL commits (and so acknowledgements)
+    // instead of holding hundreds of batches in memory.
+    let (writer_handle, writer_thread) = writer.spawn(32)?;
+
+    // Replay happens before any export is accepted; the WAL tells the writer which batches come
+    // from the old log (and may already be published).
     let sink_writer = writer_handle.clone();
-    let sink_replaying = replaying.clone();
     let wal_config = config.wal.clone();
     let wal_telemetry = telemetry.clone();
     let started = std::time::Instant::now();
@@ -137,14 +138,13 @@ pub async fn serve(
             &wal_dir,
             &wal_config,
             wal_telemetry,
-            Box::new(move |batch, position| {
-                sink_writer.durable(batch, position, sink_replaying.load(Ordering::Acquire))
+            Box::new(move |batch, position, replayed| {
+                sink_writer.durable(batch, position, replayed)
             }),
         )
     })
     .await
     .map_err(|e| Error::config(format!("WAL replay panicked: {e}")))??;
-    replaying.store(false, Ordering::Release);
     // Replayed spans are published before we say ready, so a restart never leaves acknowledged
     // data invisible for longer than one flush.
     writer_handle.flush().await?;
@@ -173,14 +173,8 @@ pub async fn serve(
     Ok(())
 }
 
-fn tokio_stream_from(
-    listener: TcpListener,
-) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    async_stream_listener(listener)
-}
-
 /// Accepted connections as a stream, with TCP_NODELAY: OTLP requests are latency-bound.
-fn async_stream_listener(
+fn accepted_connections(
     listener: TcpListener,
 ) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures_util::stream::unfold(listener, |listener| async move {

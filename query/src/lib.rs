@@ -6,9 +6,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use idtrail_schemas::layout::Partition;
-
-const HOUR_NANOS: i64 = 3_600_000_000_000;
+use idtrail_schemas::layout::{HOUR_NANOS, Partition};
 
 /// A half-open time range `[start, end)` in ns since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Timelike};
 
+/// Length of a partition, in nanoseconds.
+pub const HOUR_NANOS: i64 = 3_600_000_000_000;
+
 /// The hour-granular partition a row belongs to, by its event time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Partition {

@@ -202,11 +202,8 @@ impl Extractor {
         let mut found = self.scrub_all(&mut attrs, keys);
         let mut name = span.name;
         self.scrubber.scrub_text("name", &mut name, &mut found);
-        let mut status_message = span
-            .status
-            .as_ref()
-            .map(|s| s.message.clone())
-            .filter(|m| !m.is_empty());
+        let status = span.status.unwrap_or_default();
+        let mut status_message = Some(status.message).filter(|m| !m.is_empty());
         if let Some(message) = status_message.as_mut() {
             self.scrubber
                 .scrub_text("status.message", message, &mut found);
@@ -223,7 +220,7 @@ impl Extractor {
             end_time,
             name,
             kind,
-            status_code: StatusCode::from_otlp(span.status.as_ref().map_or(0, |s| s.code)),
+            status_code: StatusCode::from_otlp(status.code),
             status_message,
             links: span
                 .links

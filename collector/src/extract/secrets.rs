@@ -86,10 +86,6 @@ impl SecretScrubber {
         }
     }
 
-    pub fn fingerprinter(&self) -> &Fingerprinter {
-        &self.fingerprinter
-    }
-
     /// What kind of secret a key holds by its name alone, if any.
     fn key_kind(&self, key: &str) -> Option<CredentialKind> {
         let key = key.to_ascii_lowercase();

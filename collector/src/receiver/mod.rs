@@ -127,18 +127,13 @@ impl Ingest {
         };
         let _guard = self.reserve(decoded_bytes)?;
         self.telemetry.request_received(protocol, decoded_bytes);
-        let received: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
-        self.telemetry.spans_received(received);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let extracted = self.extractor.extract(request, principal, now);
         let rejected = extracted.rejected_count();
+        self.telemetry
+            .spans_received(extracted.batch.spans.len() + rejected);
         let rejection_message = extracted.rejection_message();
         for (reason, n) in &extracted.rejected {
             self.telemetry.spans_rejected(*n, reason);

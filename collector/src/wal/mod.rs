@@ -51,8 +51,9 @@ impl FromStr for WalPosition {
     }
 }
 
-/// Receives every batch once it is durable, in log order (live and replayed alike).
-pub type DurableSink = Box<dyn FnMut(SpanBatch, WalPosition) + Send>;
+/// Receives every batch once it is durable, in log order; the flag is true for batches replayed
+/// from an earlier run (which may already be published).
+pub type DurableSink = Box<dyn FnMut(SpanBatch, WalPosition, bool) + Send>;
 
 /// Most bytes one group commit gathers before it writes.
 const MAX_GROUP_BYTES: usize = 32 << 20;
@@ -64,7 +65,6 @@ struct Append {
 }
 
 pub struct Wal {
-    dir: PathBuf,
     /// Taken on close, so appends after it fail fast.
     tx: RwLock<Option<mpsc::Sender<Append>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -94,7 +94,8 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(seqs)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes a directory's entries (new, renamed or removed files) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -128,7 +129,6 @@ impl Wal {
             .spawn(move || committer.run(rx))
             .map_err(|e| Error::io("starting the WAL thread", e))?;
         Ok(Wal {
-            dir: dir.to_path_buf(),
             tx: RwLock::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
@@ -165,10 +165,6 @@ impl Wal {
         Ok(removed)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Stops accepting appends, lets queued ones commit, and waits for the commit thread.
     pub fn close(&self) {
         self.tx.write().take();
@@ -195,13 +191,11 @@ fn replay_segment(
     let (records, damage) = format::read_segment(&bytes);
     for (offset, batch) in records {
         telemetry.wal_replayed(batch.spans.len());
-        sink(
-            batch,
-            WalPosition {
-                segment: seq,
-                offset,
-            },
-        );
+        let position = WalPosition {
+            segment: seq,
+            offset,
+        };
+        sink(batch, position, true);
     }
     if let Some((offset, damage)) = damage {
         // Keep the valid prefix; what follows the first bad record in this segment is lost
@@ -211,12 +205,17 @@ fn replay_segment(
         if damage == Damage::Corrupt {
             tracing::error!(segment = %path.display(), offset, "WAL record failed its checksum");
         }
+        if offset == 0 {
+            // Not even the header survived: nothing in it was ever acknowledged.
+            fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            return Ok(());
+        }
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-        let keep = if offset == 0 { 0 } else { offset };
-        file.set_len(keep)
+        file.set_len(offset)
             .and_then(|_| file.sync_all())
             .map_err(|e| Error::io(format!("truncating {}", path.display()), e))?;
     }
@@ -266,7 +265,7 @@ impl Committer {
             Ok(positions) => {
                 self.telemetry.wal_committed(group_bytes, started.elapsed());
                 for (append, position) in group.into_iter().zip(positions) {
-                    (self.sink)(append.batch, position);
+                    (self.sink)(append.batch, position, false);
                     let _ = append.done.send(Ok(position));
                 }
             }
@@ -354,7 +353,7 @@ mod tests {
         let s = seen.clone();
         (
             seen,
-            Box::new(move |b: SpanBatch, p| s.lock().unwrap().push((b.spans[0].trace_id[0], p))),
+            Box::new(move |b: SpanBatch, p, _| s.lock().unwrap().push((b.spans[0].trace_id[0], p))),
         )
     }
 

@@ -50,14 +50,6 @@ impl Dedup {
         let key = self.key(trace_id, span_id);
         !self.previous.contains(&key) && self.current.insert(key)
     }
-
-    pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, StringArray};
-use idtrail_schemas::layout::Partition;
+use idtrail_schemas::layout::{HOUR_NANOS, Partition};
 use idtrail_schemas::spans;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
@@ -92,8 +92,6 @@ pub struct PartitionBuffer {
     rows: usize,
     bytes: usize,
 }
-
-const HOUR_NANOS: i64 = 3_600_000_000_000;
 
 /// Where flushes go: published inline (before `spawn`, and in tests) or handed to the
 /// publisher thread.
@@ -177,7 +175,7 @@ impl SpanWriter {
                 }) => {
                     self.accept(batch, position, replayed);
                     if self.buffered_bytes >= self.config.max_buffer_bytes {
-                        self.flush_logged();
+                        self.submit(None);
                     }
                 }
                 Ok(Message::Flush(reply)) => self.submit(Some(reply)),
@@ -186,11 +184,11 @@ impl SpanWriter {
                         .oldest
                         .is_some_and(|t| t.elapsed() >= self.config.max_file_age)
                     {
-                        self.flush_logged();
+                        self.submit(None);
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.flush_logged();
+                    self.submit(None);
                     if let PublishTo::Thread { jobs, thread } = self.publish_to {
                         drop(jobs);
                         let _ = thread.join();
@@ -282,10 +280,6 @@ impl SpanWriter {
         end
     }
 
-    fn flush_logged(&mut self) {
-        self.submit(None);
-    }
-
     /// Hands everything buffered to publication; `reply` learns when it is published.
     fn submit(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
         let Some(wal_end) = self.last_position else {
@@ -353,7 +347,7 @@ impl SpanWriter {
         let hours = window.as_secs() / 3600 + 2;
         let mut seeded = 0;
         for back in 0..hours as i64 {
-            let partition = Partition::of_nanos(now_nanos - back * 3_600_000_000_000);
+            let partition = Partition::of_nanos(now_nanos - back * HOUR_NANOS);
             for file in self.sink.list(spans::TABLE, &partition)? {
                 let recent = now
                     .duration_since(file.modified)

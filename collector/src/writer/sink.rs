@@ -1,7 +1,7 @@
 //! Where published table files go. The writer sees only [`TableSink`], so an object-store sink
 //! can stand beside the local one without touching the write path.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -10,6 +10,7 @@ use bytes::Bytes;
 use idtrail_schemas::layout::{self, Partition};
 
 use crate::error::{Error, Result};
+use crate::wal::sync_dir;
 
 /// A published file, as listed.
 #[derive(Debug, Clone)]
@@ -70,10 +71,6 @@ impl LocalDirSink {
         }
         Ok(())
     }
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 impl TableSink for LocalDirSink {
