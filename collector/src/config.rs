@@ -32,6 +32,8 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Retry deduplication of (trace_id, span_id).
     pub dedup: DedupConfig,
+    /// The trace buffer and the stitching of chains and edges.
+    pub stitcher: StitcherConfig,
     /// Which OTel attributes fill which lineage columns.
     pub extraction: ExtractionConfig,
     /// Detection of secret-bearing attributes.
@@ -50,6 +52,7 @@ impl Default for Config {
             wal: WalConfig::default(),
             writer: WriterConfig::default(),
             dedup: DedupConfig::default(),
+            stitcher: StitcherConfig::default(),
             extraction: ExtractionConfig::default(),
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
@@ -157,6 +160,38 @@ impl Default for DedupConfig {
         DedupConfig {
             window: Duration::from_secs(300),
             max_entries: 4_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StitcherConfig {
+    /// Build chains and edges inside `idtrail serve`. Off, only spans are stored (and
+    /// `idtrail restitch` can build chains and edges later).
+    pub enabled: bool,
+    /// A trace is stitched once no span of it has arrived for this long. Longer windows wait
+    /// out slower exporters (batch processors flush every 5 s by default) at the cost of
+    /// memory: the buffer holds about this many seconds of traffic.
+    #[serde(with = "humantime_serde")]
+    pub quiet_window: Duration,
+    /// A stitched trace is kept this long, so a late span re-stitches it and writes a new
+    /// revision of each chain it changes. Later spans of it start a trace of their own;
+    /// `idtrail restitch` rebuilds such traces from the spans files.
+    #[serde(with = "humantime_serde")]
+    pub late_window: Duration,
+    /// Memory bound of open and retained traces (estimated bytes). Past it, retained traces are
+    /// forgotten first, then the oldest open traces are stitched early.
+    pub max_buffer_bytes: usize,
+}
+
+impl Default for StitcherConfig {
+    fn default() -> Self {
+        StitcherConfig {
+            enabled: true,
+            quiet_window: Duration::from_secs(30),
+            late_window: Duration::from_secs(60),
+            max_buffer_bytes: 512 << 20,
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Data takes one path: a receiver decodes a request, [`extract::Extractor`] turns it into a
 //! scrubbed [`record::SpanBatch`], [`wal::Wal`] makes it durable (then the request is
-//! acknowledged), and [`writer`] publishes it as Parquet and checkpoints the WAL.
+//! acknowledged), [`stitch`] builds chains and edges from each quiet trace, and [`writer`]
+//! publishes spans, chains and edges as Parquet and checkpoints the WAL.
 
 pub mod config;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod extract;
 pub mod receiver;
 pub mod record;
 pub mod server;
+pub mod stitch;
 pub mod telemetry;
 pub mod wal;
 pub mod writer;

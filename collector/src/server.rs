@@ -118,6 +118,7 @@ pub async fn serve(
         wal_dir.clone(),
         &config.writer,
         &config.dedup,
+        &config.stitcher,
         telemetry.clone(),
     )?;
     // Reads the files of the last few minutes: after the listeners, so probes answer meanwhile.

@@ -53,6 +53,18 @@ pub struct Telemetry {
     file_bytes_written: Family<TableLabel, Counter>,
     buffered_spans: Gauge,
     inflight_bytes: Gauge,
+    traces_stitched: Counter,
+    traces_stitched_early: Counter,
+    late_spans: Counter,
+    chains_stitched: Family<RevisionLabel, Counter>,
+    stitch_buffer_spans: Gauge,
+    stitch_buffer_bytes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabel {
+    /// `first` for revision 1, `later` for revisions written because a late span changed a chain.
+    pub revision: &'static str,
 }
 
 impl Default for Telemetry {
@@ -85,6 +97,12 @@ impl Telemetry {
             file_bytes_written: Family::default(),
             buffered_spans: Gauge::default(),
             inflight_bytes: Gauge::default(),
+            traces_stitched: Counter::default(),
+            traces_stitched_early: Counter::default(),
+            late_spans: Counter::default(),
+            chains_stitched: Family::default(),
+            stitch_buffer_spans: Gauge::default(),
+            stitch_buffer_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -181,6 +199,36 @@ impl Telemetry {
             "inflight_bytes",
             "Decoded request bytes currently being processed",
             t.inflight_bytes.clone(),
+        );
+        registry.register(
+            "traces_stitched",
+            "Traces stitched into chains and edges (re-stitches after late spans included)",
+            t.traces_stitched.clone(),
+        );
+        registry.register(
+            "traces_stitched_early",
+            "Traces stitched before their quiet window ended because the buffer was full",
+            t.traces_stitched_early.clone(),
+        );
+        registry.register(
+            "late_spans",
+            "Spans that re-opened a trace already stitched",
+            t.late_spans.clone(),
+        );
+        registry.register(
+            "chains_stitched",
+            "Chain rows written, first revisions and later ones",
+            t.chains_stitched.clone(),
+        );
+        registry.register(
+            "stitch_buffer_spans",
+            "Spans held in open (not yet stitched) traces",
+            t.stitch_buffer_spans.clone(),
+        );
+        registry.register(
+            "stitch_buffer_bytes",
+            "Estimated bytes of open and retained traces in the stitch buffer",
+            t.stitch_buffer_bytes.clone(),
         );
         Telemetry { registry, ..t }
     }
@@ -288,5 +336,31 @@ impl Telemetry {
 
     pub fn add_inflight_bytes(&self, delta: i64) {
         self.inflight_bytes.inc_by(delta);
+    }
+
+    pub fn trace_stitched(&self) {
+        self.traces_stitched.inc();
+    }
+
+    pub fn trace_stitched_early(&self) {
+        tracing::debug!("stitch buffer full: stitching the oldest trace before its quiet window");
+        self.traces_stitched_early.inc();
+    }
+
+    pub fn late_span(&self) {
+        tracing::debug!("late span re-opened a stitched trace");
+        self.late_spans.inc();
+    }
+
+    pub fn chain_stitched(&self, revision: u32) {
+        let revision = if revision == 1 { "first" } else { "later" };
+        self.chains_stitched
+            .get_or_create(&RevisionLabel { revision })
+            .inc();
+    }
+
+    pub fn set_stitch_buffer(&self, spans: usize, bytes: usize) {
+        self.stitch_buffer_spans.set(spans as i64);
+        self.stitch_buffer_bytes.set(bytes as i64);
     }
 }

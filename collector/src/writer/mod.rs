@@ -22,14 +22,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arrow::array::{Array, StringArray};
 use idtrail_schemas::layout::{HOUR_NANOS, Partition};
-use idtrail_schemas::spans;
+use idtrail_schemas::{chains, edges, spans};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
 use tokio::sync::oneshot;
 
-use crate::config::{DedupConfig, WriterConfig};
+use crate::config::{DedupConfig, StitcherConfig, WriterConfig};
 use crate::error::{Error, Result};
 use crate::record::SpanBatch;
+use crate::stitch::{PublishedCheck, TraceBuffer};
 use crate::telemetry::Telemetry;
 use crate::wal::WalPosition;
 use dedup::Dedup;
@@ -39,6 +40,9 @@ use spans_batch::estimated_bytes;
 
 /// Footer key holding the WAL position a file's rows reach.
 pub const WAL_END_KEY: &str = "idtrail.wal_end";
+/// Footer key of chains and edges files: every trace whose last span is at or before this WAL
+/// position is in this file or an earlier one of its partition.
+pub const STITCHED_THROUGH_KEY: &str = "idtrail.stitched_through";
 /// Footer key naming the collector that wrote a file.
 pub const WRITER_ID_KEY: &str = "idtrail.writer_id";
 
@@ -113,9 +117,50 @@ pub struct SpanWriter {
     buffered_rows: usize,
     oldest: Option<Instant>,
     last_position: Option<WalPosition>,
-    /// Per partition: the WAL position its newest published file reaches (replay skip).
-    published_ends: HashMap<Partition, Option<WalPosition>>,
+    published: PublishedEnds,
+    /// The trace buffer, when stitching is on: it sees what the writer keeps.
+    stitcher: Option<TraceBuffer>,
     publish_to: PublishTo,
+}
+
+/// Per table partition: the WAL position its newest published file reaches, read from the
+/// footer once and then kept up to date by each flush (replay skip).
+pub struct PublishedEnds {
+    sink: Arc<dyn TableSink>,
+    ends: HashMap<(&'static str, Partition), Option<WalPosition>>,
+}
+
+impl PublishedEnds {
+    fn get(&mut self, table: &'static str, partition: &Partition) -> Option<WalPosition> {
+        if let Some(known) = self.ends.get(&(table, *partition)) {
+            return *known;
+        }
+        let key = if table == spans::TABLE {
+            WAL_END_KEY
+        } else {
+            STITCHED_THROUGH_KEY
+        };
+        let end = self
+            .sink
+            .list(table, partition)
+            .ok()
+            .and_then(|files| files.last().cloned())
+            .and_then(|newest| self.sink.read(table, partition, &newest.name).ok())
+            .and_then(|bytes| footer_value(&bytes, key))
+            .and_then(|v| v.parse().ok());
+        self.ends.insert((table, *partition), end);
+        end
+    }
+
+    fn set(&mut self, table: &'static str, partition: Partition, end: WalPosition) {
+        self.ends.insert((table, partition), Some(end));
+    }
+}
+
+impl PublishedCheck for PublishedEnds {
+    fn covers(&mut self, table: &'static str, partition: &Partition, last: WalPosition) -> bool {
+        self.get(table, partition).is_some_and(|end| last <= end)
+    }
 }
 
 impl SpanWriter {
@@ -124,10 +169,18 @@ impl SpanWriter {
         wal_dir: PathBuf,
         config: &WriterConfig,
         dedup: &DedupConfig,
+        stitcher: &StitcherConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<SpanWriter> {
         let publisher = Publisher::new(sink.clone(), wal_dir, config, telemetry.clone())?;
         Ok(SpanWriter {
+            published: PublishedEnds {
+                sink: sink.clone(),
+                ends: HashMap::new(),
+            },
+            stitcher: stitcher
+                .enabled
+                .then(|| TraceBuffer::new(stitcher, telemetry.clone())),
             sink,
             config: config.clone(),
             telemetry,
@@ -137,7 +190,6 @@ impl SpanWriter {
             buffered_rows: 0,
             oldest: None,
             last_position: None,
-            published_ends: HashMap::new(),
             publish_to: PublishTo::Inline(Box::new(publisher)),
         })
     }
@@ -163,11 +215,21 @@ impl SpanWriter {
 
     fn run(mut self, rx: Receiver<Message>) {
         loop {
-            let wait = match self.oldest {
-                Some(t) => self.config.max_file_age.saturating_sub(t.elapsed()),
+            let file_due = self.oldest.map(|t| t + self.config.max_file_age);
+            let stitch_due = self.stitcher.as_ref().and_then(|s| s.next_deadline());
+            let wait = match file_due.into_iter().chain(stitch_due).min() {
+                Some(due) => due.saturating_duration_since(Instant::now()),
                 None => Duration::from_secs(3600),
             };
-            match rx.recv_timeout(wait) {
+            let received = rx.recv_timeout(wait);
+            if let Some(stitcher) = &mut self.stitcher {
+                stitcher.expire(Instant::now(), &mut self.published);
+                if self.oldest.is_none() && !stitcher.out.is_empty() {
+                    // Chains and edges become visible within one file age, like spans.
+                    self.oldest = Some(Instant::now());
+                }
+            }
+            match received {
                 Ok(Message::Durable {
                     batch,
                     position,
@@ -202,24 +264,30 @@ impl SpanWriter {
     /// Buffers a durable batch, dropping retried duplicates and, on replay, rows already
     /// published.
     pub fn accept(&mut self, batch: SpanBatch, position: WalPosition, replayed: bool) {
-        let SpanBatch { header, mut spans } = batch;
+        // Per span: does the stitcher see it (not a retried duplicate), and does the writer
+        // store it (not a duplicate, and not already in a published file).
+        let mut stitch = Vec::with_capacity(batch.spans.len());
+        let mut write = Vec::with_capacity(batch.spans.len());
         let mut duplicates = 0;
-        spans.retain(|row| {
-            if replayed {
-                let partition = Partition::of_nanos(row.start_time);
-                if self
-                    .published_end(&partition)
-                    .is_some_and(|end| position <= end)
-                {
-                    // Already in a published file: remember the id, don't write it twice.
-                    self.dedup.insert(&row.trace_id, &row.span_id);
-                    return false;
-                }
-            }
+        for row in &batch.spans {
+            let published = replayed
+                && self.published.covers(
+                    spans::TABLE,
+                    &Partition::of_nanos(row.start_time),
+                    position,
+                );
             let fresh = self.dedup.insert(&row.trace_id, &row.span_id);
-            duplicates += usize::from(!fresh);
-            fresh
-        });
+            // An id already published and replayed is remembered, not a duplicate.
+            duplicates += usize::from(!fresh && !published);
+            stitch.push(fresh || published);
+            write.push(fresh && !published);
+        }
+        if let Some(stitcher) = &mut self.stitcher {
+            stitcher.add_batch(&batch, &stitch, position, replayed, Instant::now());
+        }
+        let SpanBatch { header, mut spans } = batch;
+        let mut keep = write.into_iter();
+        spans.retain(|_| keep.next().unwrap_or(false));
         self.telemetry.spans_duplicate(duplicates);
         self.last_position = Some(position);
         let Some(first) = spans.first() else {
@@ -263,23 +331,6 @@ impl SpanWriter {
         buffer.batches.push(batch);
     }
 
-    /// The WAL position the newest file of `partition` reaches, read from its footer once.
-    fn published_end(&mut self, partition: &Partition) -> Option<WalPosition> {
-        if let Some(known) = self.published_ends.get(partition) {
-            return *known;
-        }
-        let end = self
-            .sink
-            .list(spans::TABLE, partition)
-            .ok()
-            .and_then(|files| files.last().cloned())
-            .and_then(|newest| self.sink.read(spans::TABLE, partition, &newest.name).ok())
-            .and_then(|bytes| footer_value(&bytes, WAL_END_KEY))
-            .and_then(|v| v.parse().ok());
-        self.published_ends.insert(*partition, end);
-        end
-    }
-
     /// Hands everything buffered to publication; `reply` learns when it is published.
     fn submit(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
         let Some(wal_end) = self.last_position else {
@@ -291,8 +342,28 @@ impl SpanWriter {
         let buffers = std::mem::take(&mut self.buffers);
         // Publication retries until it succeeds, so these partitions will reach `wal_end`.
         for partition in buffers.keys() {
-            self.published_ends.insert(*partition, Some(wal_end));
+            self.published.set(spans::TABLE, *partition, wal_end);
         }
+        let (chains, edges, stitched_through, checkpoint) = match &mut self.stitcher {
+            Some(stitcher) => {
+                let out = std::mem::take(&mut stitcher.out);
+                let mut edges_out = out.edges;
+                let edges_rows = edges_out.take();
+                if let Some(through) = out.stitched_through {
+                    for partition in out.chains.keys() {
+                        self.published.set(chains::TABLE, *partition, through);
+                    }
+                    for partition in edges_rows.keys() {
+                        self.published.set(edges::TABLE, *partition, through);
+                    }
+                }
+                // Records of open traces stay in the WAL: a crash must not lose what no chain
+                // has seen yet.
+                let checkpoint = stitcher.oldest_needed().map_or(wal_end, |p| p.min(wal_end));
+                (out.chains, edges_rows, out.stitched_through, checkpoint)
+            }
+            None => (BTreeMap::new(), BTreeMap::new(), None, wal_end),
+        };
         self.buffered_rows = 0;
         self.buffered_bytes = 0;
         self.oldest = None;
@@ -300,6 +371,10 @@ impl SpanWriter {
         let mut job = PublishJob {
             buffers,
             wal_end,
+            chains,
+            edges,
+            stitched_through,
+            checkpoint,
             done: reply,
         };
         match &mut self.publish_to {
@@ -320,6 +395,13 @@ impl SpanWriter {
                         self.buffered_rows += buffer.rows;
                         self.buffered_bytes += buffer.bytes;
                         self.buffers.insert(partition, buffer);
+                    }
+                    if let Some(stitcher) = &mut self.stitcher {
+                        stitcher.out.restore(
+                            std::mem::take(&mut job.chains),
+                            std::mem::take(&mut job.edges),
+                            job.stitched_through,
+                        );
                     }
                 }
                 if let Some(done) = job.done.take() {
@@ -435,6 +517,7 @@ mod tests {
             dir.join("wal"),
             &WriterConfig::default(),
             &DedupConfig::default(),
+            &StitcherConfig::default(),
             Arc::new(Telemetry::new()),
         )
         .unwrap()
@@ -529,6 +612,11 @@ mod tests {
             wal_dir.clone(),
             &WriterConfig::default(),
             &DedupConfig::default(),
+            // Stitching holds the checkpoint back for open traces; this test is about spans.
+            &StitcherConfig {
+                enabled: false,
+                ..Default::default()
+            },
             Arc::new(Telemetry::new()),
         )
         .unwrap();
@@ -593,5 +681,58 @@ mod tests {
             restarted.buffered_rows, 0,
             "a retry after restart is recognised"
         );
+    }
+
+    #[tokio::test]
+    async fn an_open_trace_holds_the_checkpoint_back_until_it_is_stitched() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        for seq in [1, 2] {
+            std::fs::write(wal_dir.join(format!("{seq:020}.wal")), b"IDTWAL01").unwrap();
+        }
+        let stitcher = StitcherConfig {
+            quiet_window: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let writer = SpanWriter::new(
+            Arc::new(LocalDirSink::new(dir.path(), "w")),
+            wal_dir.clone(),
+            &WriterConfig::default(),
+            &DedupConfig::default(),
+            &stitcher,
+            Arc::new(Telemetry::new()),
+        )
+        .unwrap();
+        let (handle, thread) = writer.spawn(4).unwrap();
+        handle.durable(
+            batch(1, 3),
+            WalPosition {
+                segment: 1,
+                offset: 100,
+            },
+            false,
+        );
+        handle.durable(
+            batch(9, 0),
+            WalPosition {
+                segment: 2,
+                offset: 10,
+            },
+            false,
+        );
+        handle.flush().await.unwrap();
+        assert!(
+            wal_dir.join(format!("{:020}.wal", 1)).exists(),
+            "spans are published, but their trace is not stitched yet"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        handle.flush().await.unwrap();
+        assert!(
+            !wal_dir.join(format!("{:020}.wal", 1)).exists(),
+            "once stitched, the segment goes"
+        );
+        drop(handle);
+        thread.join().unwrap();
     }
 }

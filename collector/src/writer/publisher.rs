@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use idtrail_schemas::layout::Partition;
-use idtrail_schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, spans};
+use idtrail_schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, chains, edges, spans};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
@@ -21,9 +23,10 @@ use parquet::schema::types::ColumnPath;
 use tokio::sync::oneshot;
 
 use super::sink::TableSink;
-use super::{PartitionBuffer, WAL_END_KEY, WRITER_ID_KEY, spans_batch};
+use super::{PartitionBuffer, STITCHED_THROUGH_KEY, WAL_END_KEY, WRITER_ID_KEY, spans_batch};
 use crate::config::WriterConfig;
 use crate::error::{Error, Result};
+use crate::stitch::{ChainRow, EdgeRow, output};
 use crate::telemetry::Telemetry;
 use crate::wal::{Wal, WalPosition};
 
@@ -31,10 +34,18 @@ use crate::wal::{Wal, WalPosition};
 /// down). Its spans stay in the WAL meanwhile, so nothing acknowledged is at risk.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// One flush: every partition buffered up to `wal_end`.
+/// One flush: every span partition buffered up to `wal_end`, and the chains and edges of the
+/// traces stitched since the last flush.
 pub struct PublishJob {
     pub buffers: BTreeMap<Partition, PartitionBuffer>,
     pub wal_end: WalPosition,
+    pub chains: BTreeMap<Partition, Vec<ChainRow>>,
+    pub edges: BTreeMap<Partition, Vec<EdgeRow>>,
+    /// Footer of the chains and edges files: the last position of the last trace stitched.
+    pub stitched_through: Option<WalPosition>,
+    /// Where the WAL may be checkpointed once all is published: `wal_end`, or earlier while
+    /// open traces still need older records.
+    pub checkpoint: WalPosition,
     /// Told when the job is published and the WAL checkpointed.
     pub done: Option<oneshot::Sender<Result<()>>>,
 }
@@ -43,6 +54,8 @@ pub struct Publisher {
     sink: Arc<dyn TableSink>,
     wal_dir: PathBuf,
     properties: WriterProperties,
+    chains_properties: WriterProperties,
+    edges_properties: WriterProperties,
     telemetry: Arc<Telemetry>,
     last_seq: u64,
     checkpointed: Option<WalPosition>,
@@ -55,8 +68,29 @@ impl Publisher {
         config: &WriterConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<Publisher> {
+        let writer_id = sink.writer_id();
         Ok(Publisher {
-            properties: writer_properties(config, sink.writer_id())?,
+            properties: writer_properties(
+                config,
+                writer_id,
+                &spans::schema(),
+                spans::col::START_TIME,
+                &config.bloom_filter_columns,
+            )?,
+            chains_properties: writer_properties(
+                config,
+                writer_id,
+                &chains::schema(),
+                "time",
+                &["trace_id".into(), "credential_fp".into()],
+            )?,
+            edges_properties: writer_properties(
+                config,
+                writer_id,
+                &edges::schema(),
+                "first_seen",
+                &["src_id".into(), "dst_id".into()],
+            )?,
             sink,
             wal_dir,
             telemetry,
@@ -96,9 +130,56 @@ impl Publisher {
                 return Err(e);
             }
         }
-        if self.checkpointed != Some(job.wal_end) {
-            Wal::checkpoint(&self.wal_dir, job.wal_end)?;
-            self.checkpointed = Some(job.wal_end);
+        let stitched_through = job
+            .stitched_through
+            .map(|p| (STITCHED_THROUGH_KEY, p.to_string()));
+        while let Some((partition, mut rows)) = job.chains.pop_first() {
+            // Files are sorted by time; the stitcher emits in the order traces went quiet.
+            rows.sort_by(|a, b| {
+                (a.time, &a.trace_id, &a.effect_span_id).cmp(&(
+                    b.time,
+                    &b.trace_id,
+                    &b.effect_span_id,
+                ))
+            });
+            let published = output::chains_batch(&rows)
+                .map_err(|e| Error::Parquet(format!("building the chains batch: {e}")))
+                .and_then(|batch| {
+                    let properties = self.chains_properties.clone();
+                    self.write_file(
+                        chains::TABLE,
+                        &partition,
+                        &batch,
+                        properties,
+                        &stitched_through,
+                    )
+                });
+            if let Err(e) = published {
+                job.chains.insert(partition, rows);
+                return Err(e);
+            }
+        }
+        while let Some((partition, rows)) = job.edges.pop_first() {
+            let published = output::edges_batch(&rows)
+                .map_err(|e| Error::Parquet(format!("building the edges batch: {e}")))
+                .and_then(|batch| {
+                    let properties = self.edges_properties.clone();
+                    self.write_file(
+                        edges::TABLE,
+                        &partition,
+                        &batch,
+                        properties,
+                        &stitched_through,
+                    )
+                });
+            if let Err(e) = published {
+                job.edges.insert(partition, rows);
+                return Err(e);
+            }
+        }
+        if self.checkpointed.is_none_or(|done| done < job.checkpoint) {
+            Wal::checkpoint(&self.wal_dir, job.checkpoint)?;
+            self.checkpointed = Some(job.checkpoint);
         }
         self.telemetry.flush_finished(started.elapsed());
         Ok(())
@@ -118,20 +199,39 @@ impl Publisher {
         order.sort_by_key(start);
         let batch = spans_batch::to_record_batch(&buffer.batches, &order)
             .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
-        let mut bytes = Vec::with_capacity(buffer.rows * 64);
-        let mut writer =
-            ArrowWriter::try_new(&mut bytes, spans::schema(), Some(self.properties.clone()))
-                .map_err(|e| Error::Parquet(e.to_string()))?;
-        writer
-            .write(&batch)
+        let footer = Some((WAL_END_KEY, wal_end.to_string()));
+        self.write_file(
+            spans::TABLE,
+            partition,
+            &batch,
+            self.properties.clone(),
+            &footer,
+        )
+    }
+
+    /// Encodes one file of `table` (with `footer` in its key-value metadata) and publishes it.
+    fn write_file(
+        &mut self,
+        table: &'static str,
+        partition: &Partition,
+        batch: &RecordBatch,
+        properties: WriterProperties,
+        footer: &Option<(&str, String)>,
+    ) -> Result<()> {
+        let mut bytes = Vec::with_capacity(batch.num_rows() * 64);
+        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))
             .map_err(|e| Error::Parquet(e.to_string()))?;
         writer
-            .append_key_value_metadata(KeyValue::new(WAL_END_KEY.to_string(), wal_end.to_string()));
+            .write(batch)
+            .map_err(|e| Error::Parquet(e.to_string()))?;
+        if let Some((key, value)) = footer {
+            writer.append_key_value_metadata(KeyValue::new(key.to_string(), value.clone()));
+        }
         writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
         let seq = self.next_seq();
-        let path = self.sink.publish(spans::TABLE, partition, seq, &bytes)?;
+        let path = self.sink.publish(table, partition, seq, &bytes)?;
         self.telemetry
-            .file_published(spans::TABLE, &path, buffer.rows, bytes.len());
+            .file_published(table, &path, batch.num_rows(), bytes.len());
         Ok(())
     }
 
@@ -146,17 +246,23 @@ impl Publisher {
     }
 }
 
-fn writer_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterProperties> {
+fn writer_properties(
+    config: &WriterConfig,
+    writer_id: &str,
+    schema: &SchemaRef,
+    sorted_by: &str,
+    bloom_filter_columns: &[String],
+) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| Error::config(e.to_string()))?;
-    let start_time_index = spans::schema()
-        .index_of(spans::col::START_TIME)
+    let sort_index = schema
+        .index_of(sorted_by)
         .map_err(|e| Error::config(e.to_string()))?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: start_time_index as i32,
+            column_idx: sort_index as i32,
             descending: false,
             nulls_first: false,
         }]))
@@ -164,7 +270,7 @@ fn writer_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterPro
             KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
             KeyValue::new(WRITER_ID_KEY.to_string(), writer_id.to_string()),
         ]));
-    for column in &config.bloom_filter_columns {
+    for column in bloom_filter_columns {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
     }
     Ok(builder.build())

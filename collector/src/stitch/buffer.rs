@@ -1,0 +1,369 @@
+//! The trace buffer: holds each trace's spans until the trace has been quiet for the window,
+//! then stitches it; keeps stitched traces a while longer so a late span can re-stitch them.
+//!
+//! Traces are stitched in the order of their last span's WAL position (which is also the order
+//! of their last arrival, as spans reach the buffer in log order). That order is what makes a
+//! restart exactly-once: every chains and edges file records the position its traces reach
+//! (`idtrail.stitched_through`), and a replayed trace at or before it is not written again.
+//! See docs/adr/0004-stitching-and-the-wal-checkpoint.md.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use idtrail_schemas::layout::Partition;
+use idtrail_schemas::{chains, edges as edges_table};
+
+use super::chain::{ChainRow, Head, LinkResolver, build_chains, head_of};
+use super::edges::{self, EdgeAggregate, EdgeKey};
+use super::span::{Interner, LineageSpan, SpanId, TraceId};
+use super::trace::Trace;
+use crate::config::StitcherConfig;
+use crate::record::SpanBatch;
+use crate::telemetry::Telemetry;
+use crate::wal::WalPosition;
+
+/// What stitching produced since the last flush.
+#[derive(Default)]
+pub struct Stitched {
+    pub chains: BTreeMap<Partition, Vec<ChainRow>>,
+    pub edges: EdgeAggregate,
+    /// The last position of the last trace stitched: every trace ending at or before it is in
+    /// these rows or earlier files.
+    pub stitched_through: Option<WalPosition>,
+}
+
+impl Stitched {
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty() && self.edges.is_empty() && self.stitched_through.is_none()
+    }
+
+    /// Takes back rows whose publication failed, so the next flush writes them.
+    pub fn restore(
+        &mut self,
+        chains: BTreeMap<Partition, Vec<ChainRow>>,
+        edges: BTreeMap<Partition, Vec<super::EdgeRow>>,
+        stitched_through: Option<WalPosition>,
+    ) {
+        for (partition, rows) in chains {
+            self.chains.entry(partition).or_default().extend(rows);
+        }
+        for row in edges.into_values().flatten() {
+            self.edges.add(
+                row.key,
+                row.count,
+                row.first_seen,
+                row.last_seen,
+                &row.sample_trace_id,
+            );
+        }
+        self.stitched_through = self.stitched_through.max(stitched_through);
+    }
+}
+
+/// Tells whether a replayed trace's rows for a table partition are already published, i.e. the
+/// newest file there records a `stitched_through` at or past the trace's last position.
+pub trait PublishedCheck {
+    fn covers(&mut self, table: &'static str, partition: &Partition, last: WalPosition) -> bool;
+}
+
+/// What a trace has already contributed, so a re-stitch writes only what changed.
+#[derive(Default)]
+struct History {
+    /// Per effect span: current revision and content hash.
+    revisions: HashMap<SpanId, (u32, u64)>,
+    /// Per edge: observations already counted.
+    edges: HashMap<EdgeKey, u64>,
+}
+
+struct OpenTrace {
+    spans: Vec<LineageSpan>,
+    /// WAL position of the first span since the trace was (re)opened: the WAL must keep it.
+    first: WalPosition,
+    last: WalPosition,
+    last_arrival: Instant,
+    bytes: usize,
+    /// Some span came from WAL replay, so its rows may already be published.
+    replayed: bool,
+    history: History,
+}
+
+struct RetainedTrace {
+    spans: Vec<LineageSpan>,
+    bytes: usize,
+    stitched_at: Instant,
+    history: History,
+}
+
+pub struct TraceBuffer {
+    config: StitcherConfig,
+    telemetry: Arc<Telemetry>,
+    open: HashMap<TraceId, OpenTrace>,
+    /// Open traces by last position: the front is the next to go quiet.
+    by_last: BTreeSet<(WalPosition, TraceId)>,
+    retained: HashMap<TraceId, RetainedTrace>,
+    /// Retained traces by stitch time; entries of traces re-opened since are stale and skipped.
+    retained_order: VecDeque<(Instant, TraceId)>,
+    open_bytes: usize,
+    open_spans: usize,
+    retained_bytes: usize,
+    interner: Interner,
+    /// Highest position replayed from the WAL at start-up.
+    replay_end: Option<WalPosition>,
+    pub out: Stitched,
+}
+
+impl TraceBuffer {
+    pub fn new(config: &StitcherConfig, telemetry: Arc<Telemetry>) -> TraceBuffer {
+        TraceBuffer {
+            config: config.clone(),
+            telemetry,
+            open: HashMap::new(),
+            by_last: BTreeSet::new(),
+            retained: HashMap::new(),
+            retained_order: VecDeque::new(),
+            open_bytes: 0,
+            open_spans: 0,
+            retained_bytes: 0,
+            interner: Interner::default(),
+            replay_end: None,
+            out: Stitched::default(),
+        }
+    }
+
+    /// Adds the spans of a durable batch that `keep` admits (the writer's dedup decides).
+    pub fn add_batch(
+        &mut self,
+        batch: &SpanBatch,
+        keep: &[bool],
+        position: WalPosition,
+        replayed: bool,
+        now: Instant,
+    ) {
+        if replayed {
+            self.replay_end = self.replay_end.max(Some(position));
+        }
+        for (row, _) in batch.spans.iter().zip(keep).filter(|(_, k)| **k) {
+            let span = LineageSpan::from_row(row, batch.resource_of(row), &mut self.interner);
+            self.add(row.trace_id, span, position, replayed, now);
+        }
+        self.telemetry
+            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
+    }
+
+    fn add(
+        &mut self,
+        trace_id: TraceId,
+        span: LineageSpan,
+        position: WalPosition,
+        replayed: bool,
+        now: Instant,
+    ) {
+        let bytes = span.estimated_bytes();
+        let trace = match self.open.entry(trace_id) {
+            std::collections::hash_map::Entry::Occupied(entry) => {
+                let trace = entry.into_mut();
+                self.by_last.remove(&(trace.last, trace_id));
+                trace
+            }
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                // A span for a trace stitched a moment ago: re-open it with what it had.
+                let (spans, history, reopened_bytes) = match self.retained.remove(&trace_id) {
+                    Some(r) => {
+                        self.retained_bytes -= r.bytes;
+                        self.open_spans += r.spans.len();
+                        self.telemetry.late_span();
+                        (r.spans, r.history, r.bytes)
+                    }
+                    None => (Vec::new(), History::default(), 0),
+                };
+                self.open_bytes += reopened_bytes;
+                entry.insert(OpenTrace {
+                    spans,
+                    first: position,
+                    last: position,
+                    last_arrival: now,
+                    bytes: reopened_bytes,
+                    replayed: false,
+                    history,
+                })
+            }
+        };
+        trace.spans.push(span);
+        trace.last = position;
+        trace.last_arrival = now;
+        trace.bytes += bytes;
+        trace.replayed |= replayed;
+        self.open_bytes += bytes;
+        self.open_spans += 1;
+        self.by_last.insert((position, trace_id));
+    }
+
+    /// When the next trace goes quiet, if any is open.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let (_, id) = self.by_last.first()?;
+        let trace = self.open.get(id)?;
+        Some(trace.last_arrival + self.config.quiet_window)
+    }
+
+    /// Stitches the traces quiet since the window, forgets retained traces past the late
+    /// window, and stitches the oldest early while memory is over its bound.
+    pub fn expire(&mut self, now: Instant, published: &mut dyn PublishedCheck) {
+        while let Some(&(_, id)) = self.by_last.first() {
+            let quiet = self
+                .open
+                .get(&id)
+                .is_none_or(|t| t.last_arrival + self.config.quiet_window <= now);
+            if !quiet {
+                break;
+            }
+            self.stitch_oldest(now, published);
+        }
+        while let Some(&(at, id)) = self.retained_order.front() {
+            if at + self.config.late_window > now {
+                break;
+            }
+            self.retained_order.pop_front();
+            self.forget_retained(id, at);
+        }
+        while self.open_bytes + self.retained_bytes > self.config.max_buffer_bytes {
+            if let Some((at, id)) = self.retained_order.pop_front() {
+                self.forget_retained(id, at);
+            } else if !self.by_last.is_empty() {
+                self.telemetry.trace_stitched_early();
+                self.stitch_oldest(now, published);
+            } else {
+                break;
+            }
+        }
+        self.telemetry
+            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
+    }
+
+    /// Stitches every open trace now (restitch, tests).
+    pub fn stitch_all(&mut self, now: Instant, published: &mut dyn PublishedCheck) {
+        while !self.by_last.is_empty() {
+            self.stitch_oldest(now, published);
+        }
+        self.telemetry
+            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
+    }
+
+    /// The oldest WAL position an open trace still needs: the WAL must not be checkpointed past
+    /// it, or a crash would lose spans no chain has seen.
+    pub fn oldest_needed(&self) -> Option<WalPosition> {
+        self.open.values().map(|t| t.first).min()
+    }
+
+    pub fn open_traces(&self) -> usize {
+        self.open.len()
+    }
+
+    fn forget_retained(&mut self, id: TraceId, stitched_at: Instant) {
+        if self
+            .retained
+            .get(&id)
+            .is_some_and(|r| r.stitched_at == stitched_at)
+            && let Some(r) = self.retained.remove(&id)
+        {
+            self.retained_bytes -= r.bytes;
+        }
+    }
+
+    fn stitch_oldest(&mut self, now: Instant, published: &mut dyn PublishedCheck) {
+        let Some((_, id)) = self.by_last.pop_first() else {
+            return;
+        };
+        let Some(mut trace) = self.open.remove(&id) else {
+            return;
+        };
+        self.open_bytes -= trace.bytes;
+        self.open_spans -= trace.spans.len();
+
+        let (chains, observations) = {
+            let view = Trace::new(id, &trace.spans);
+            let links = KnownTraces {
+                open: &self.open,
+                retained: &self.retained,
+            };
+            (build_chains(&view, &links), edges::observe(&view))
+        };
+
+        // A replayed trace may have been stitched and published before the restart.
+        let maybe_published = trace.replayed && self.replay_end.is_some_and(|e| trace.last <= e);
+        let mut covered = |table: &'static str, partition: &Partition| {
+            maybe_published && published.covers(table, partition, trace.last)
+        };
+
+        let trace_hex = hex::encode(id);
+        for mut chain in chains {
+            let Ok(effect) = hex_span_id(&chain.effect_span_id) else {
+                continue;
+            };
+            let hash = chain.content_hash();
+            let revision = match trace.history.revisions.get(&effect) {
+                None => 1,
+                Some(&(_, known)) if known == hash => continue,
+                Some(&(revision, _)) => revision + 1,
+            };
+            trace.history.revisions.insert(effect, (revision, hash));
+            chain.revision = revision;
+            let partition = Partition::of_nanos(chain.time);
+            if !covered(chains::TABLE, &partition) {
+                self.telemetry.chain_stitched(revision);
+                self.out.chains.entry(partition).or_default().push(chain);
+            }
+        }
+        for (key, (count, first, last)) in edges::count(&observations) {
+            let before = trace.history.edges.get(&key).copied().unwrap_or(0);
+            if count <= before {
+                continue;
+            }
+            trace.history.edges.insert(key.clone(), count);
+            if !covered(edges_table::TABLE, &Partition::of_nanos(first)) {
+                self.out
+                    .edges
+                    .add(key, count - before, first, last, &trace_hex);
+            }
+        }
+        self.out.stitched_through = self.out.stitched_through.max(Some(trace.last));
+        self.telemetry.trace_stitched();
+
+        self.retained_bytes += trace.bytes;
+        self.retained_order.push_back((now, id));
+        self.retained.insert(
+            id,
+            RetainedTrace {
+                spans: trace.spans,
+                bytes: trace.bytes,
+                stitched_at: now,
+                history: trace.history,
+            },
+        );
+    }
+}
+
+fn hex_span_id(s: &str) -> Result<SpanId, hex::FromHexError> {
+    let mut id = [0u8; 8];
+    hex::decode_to_slice(s, &mut id)?;
+    Ok(id)
+}
+
+/// The traces the buffer knows (open or retained), for resolving span links.
+struct KnownTraces<'a> {
+    open: &'a HashMap<TraceId, OpenTrace>,
+    retained: &'a HashMap<TraceId, RetainedTrace>,
+}
+
+impl LinkResolver for KnownTraces<'_> {
+    fn head_of_linked(&self, trace_id: &TraceId, span_id: &SpanId) -> Option<Head> {
+        let spans = self
+            .open
+            .get(trace_id)
+            .map(|t| &t.spans)
+            .or_else(|| self.retained.get(trace_id).map(|t| &t.spans))?;
+        let trace = Trace::new(*trace_id, spans);
+        let at = trace.find(span_id)?;
+        Some(head_of(&trace, &trace.ancestry(at).spans))
+    }
+}
