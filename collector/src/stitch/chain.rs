@@ -152,7 +152,7 @@ impl LinkResolver for () {
 /// Builds the chain of every side-effect span in the trace, in span order.
 pub fn build_chains(trace: &Trace<'_>, links: &dyn LinkResolver) -> Vec<ChainRow> {
     (0..trace.spans.len())
-        .filter(|&i| trace.is_canonical(i) && trace.spans[i].effect().is_some())
+        .filter(|&i| trace.is_canonical(i) && trace.is_side_effect(i))
         .filter_map(|i| build_chain(trace, i, links))
         .collect()
 }

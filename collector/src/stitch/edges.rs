@@ -134,7 +134,8 @@ pub fn observe(trace: &Trace<'_>) -> Vec<Observation> {
             }
         }
 
-        if let Some(resource) = resource_id(span)
+        if trace.is_side_effect(i)
+            && let Some(resource) = resource_id(span)
             && let Some((_, operation)) = trace.operation_of(&ancestry)
         {
             push(EdgeKey::new(

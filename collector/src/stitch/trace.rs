@@ -98,6 +98,14 @@ impl<'a> Trace<'a> {
         self.spans[i].api().is_some() && !self.answered_by_server[i]
     }
 
+    /// A side effect as chains count it. An unsafe HTTP call whose server side is in the trace
+    /// is not one: what it caused is traced further down, where the effect really happens.
+    pub fn is_side_effect(&self, i: usize) -> bool {
+        self.spans[i]
+            .effect()
+            .is_some_and(|e| !(e.kind == "http" && self.answered_by_server[i]))
+    }
+
     /// The credential presented on a hop: its own, or the one its client side presented.
     pub fn hop_credential(&self, i: usize) -> Option<&'a CredentialFacts> {
         let spans: &'a [LineageSpan] = self.spans;

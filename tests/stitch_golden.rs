@@ -1,0 +1,508 @@
+//! Golden tests of the stitcher: each file under `tests/scenarios/stitch/` holds the spans of a
+//! scenario and, below a marker line, the exact chains and edges they must produce.
+//!
+//! The spans go through a real collector over OTLP/HTTP (extraction, secrets, WAL, trace buffer,
+//! Parquet); the chains and edges are read back from the Parquet files. Ids and credential
+//! fingerprints are shown by the names the scenario gave them, so the expectations read as
+//! lineage rather than hex.
+//!
+//! Regenerate the expectations after an intended change with
+//! `IDTRAIL_BLESS=1 cargo test --test stitch_golden`, then review the diff.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use common::TestServer;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::Link;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use prost::Message;
+use serde::Deserialize;
+use serde_json::Value;
+
+const MARKER: &str = "# ---- expected (regenerate with IDTRAIL_BLESS=1) ----";
+/// Scenario times are offsets from 2026-11-22T10:00:00Z.
+const BASE_NANOS: u64 = 1_795_341_600_000_000_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Scenario {
+    #[allow(dead_code)]
+    description: String,
+    /// Credentials planted as `${name}` in attribute values.
+    #[serde(default)]
+    secrets: BTreeMap<String, Secret>,
+    /// Export requests, in order, with optional waits between them.
+    sends: Vec<Send>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum Secret {
+    /// A JWT with these claims (HS256 over a test key: well-formed, not verified).
+    Jwt(serde_json::Map<String, Value>),
+    Raw(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum Send {
+    Spans(Vec<SpanSpec>),
+    /// Wait until every trace sent so far is stitched and published.
+    WaitStitched(bool),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpanSpec {
+    trace: String,
+    id: String,
+    #[serde(default)]
+    parent: Option<String>,
+    name: String,
+    kind: String,
+    service: String,
+    at_ms: u64,
+    dur_ms: u64,
+    #[serde(default)]
+    attrs: BTreeMap<String, Value>,
+    #[serde(default)]
+    links: Vec<LinkSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkSpec {
+    trace: String,
+    span: String,
+}
+
+#[derive(serde::Serialize, Deserialize, PartialEq, Debug)]
+struct Expected {
+    chains: Vec<Value>,
+    edges: Vec<Value>,
+}
+
+/// Symbolic names ↔ ids and fingerprints.
+#[derive(Default)]
+struct Names {
+    by_hex: HashMap<String, String>,
+}
+
+impl Names {
+    fn id<const N: usize>(&mut self, name: &str, salt: u8) -> [u8; N] {
+        let mut out = [0u8; N];
+        for (i, chunk) in out.chunks_mut(8).enumerate() {
+            let mut h = std::hash::DefaultHasher::new();
+            (salt, i, name).hash(&mut h);
+            let bytes = h.finish().to_be_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        self.by_hex.insert(common::hex(&out), name.to_string());
+        out
+    }
+
+    fn trace(&mut self, name: &str) -> [u8; 16] {
+        self.id(name, 1)
+    }
+
+    fn span(&mut self, name: &str) -> [u8; 8] {
+        self.id(name, 2)
+    }
+
+    /// Replaces every known hex id or fingerprint inside string values by its name.
+    fn symbolize(&self, value: &mut Value) {
+        match value {
+            Value::String(s) => {
+                if let Some(name) = self.by_hex.get(s.as_str()) {
+                    *s = name.clone();
+                } else {
+                    // Operation and resource ids embed nothing secret; fingerprints stand alone.
+                    for (hex, name) in &self.by_hex {
+                        if s.contains(hex.as_str()) {
+                            *s = s.replace(hex.as_str(), name);
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.symbolize(v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.symbolize(v)),
+            _ => {}
+        }
+    }
+}
+
+fn jwt(claims: &serde_json::Map<String, Value>) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(b"golden-scenario-key");
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), claims, &key).expect("encode jwt")
+}
+
+fn any_value(value: &Value, secrets: &HashMap<String, String>) -> AnyValue {
+    let v = match value {
+        Value::String(s) => any_value::Value::StringValue(plant(s, secrets)),
+        Value::Bool(b) => any_value::Value::BoolValue(*b),
+        Value::Number(n) if n.is_i64() => any_value::Value::IntValue(n.as_i64().unwrap_or(0)),
+        Value::Number(n) => any_value::Value::DoubleValue(n.as_f64().unwrap_or(0.0)),
+        Value::Array(items) => any_value::Value::ArrayValue(ArrayValue {
+            values: items.iter().map(|i| any_value(i, secrets)).collect(),
+        }),
+        other => any_value::Value::StringValue(other.to_string()),
+    };
+    AnyValue { value: Some(v) }
+}
+
+fn plant(s: &str, secrets: &HashMap<String, String>) -> String {
+    let mut out = s.to_string();
+    for (name, raw) in secrets {
+        out = out.replace(&format!("${{{name}}}"), raw);
+    }
+    out
+}
+
+fn kind(name: &str) -> i32 {
+    match name {
+        "internal" => 1,
+        "server" => 2,
+        "client" => 3,
+        "producer" => 4,
+        "consumer" => 5,
+        other => panic!("unknown span kind {other}"),
+    }
+}
+
+fn request(
+    specs: &[SpanSpec],
+    names: &mut Names,
+    secrets: &HashMap<String, String>,
+) -> ExportTraceServiceRequest {
+    // One resource per service, in order of first appearance.
+    let mut by_service: Vec<(String, Vec<Span>)> = Vec::new();
+    for spec in specs {
+        let span = Span {
+            trace_id: names.trace(&spec.trace).to_vec(),
+            span_id: names.span(&spec.id).to_vec(),
+            parent_span_id: spec
+                .parent
+                .as_deref()
+                .map(|p| names.span(p).to_vec())
+                .unwrap_or_default(),
+            name: spec.name.clone(),
+            kind: kind(&spec.kind),
+            start_time_unix_nano: BASE_NANOS + spec.at_ms * 1_000_000,
+            end_time_unix_nano: BASE_NANOS + (spec.at_ms + spec.dur_ms) * 1_000_000,
+            attributes: spec
+                .attrs
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: Some(any_value(v, secrets)),
+                    ..Default::default()
+                })
+                .collect(),
+            links: spec
+                .links
+                .iter()
+                .map(|l| Link {
+                    trace_id: names.trace(&l.trace).to_vec(),
+                    span_id: names.span(&l.span).to_vec(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        match by_service.iter_mut().find(|(s, _)| s == &spec.service) {
+            Some((_, spans)) => spans.push(span),
+            None => by_service.push((spec.service.clone(), vec![span])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: by_service
+            .into_iter()
+            .map(|(service, spans)| ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![common::text("service.name", &service)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
+    idtrail_query::published_files(data_dir, table, None)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|path| {
+            let file = std::fs::File::open(&path).expect("open parquet");
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .expect("parquet footer")
+                .build()
+                .expect("reader")
+                .map(|b| b.expect("batch"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn rows(batches: &[RecordBatch]) -> Vec<Value> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in batches {
+        // arrow's JSON writer needs chrono-tz for named zones; "+00:00" is the same instant.
+        let utc = arrow::datatypes::DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Nanosecond,
+            Some("+00:00".into()),
+        );
+        let columns: Vec<arrow::array::ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| match c.data_type() {
+                arrow::datatypes::DataType::Timestamp(..) => {
+                    arrow::compute::cast(c, &utc).expect("cast")
+                }
+                _ => c.clone(),
+            })
+            .collect();
+        let fields: Vec<arrow::datatypes::Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| f.as_ref().clone().with_data_type(c.data_type().clone()))
+            .collect();
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+        let batch = RecordBatch::try_new(schema, columns).expect("batch");
+        writer.write(&batch).expect("json rows");
+    }
+    writer.finish().expect("json rows");
+    let bytes = writer.into_inner();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&bytes).expect("json rows")
+}
+
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let text = reqwest::get(server.http_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until no trace is open, then long enough for the stitched rows to be published.
+async fn wait_stitched(server: &TestServer) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while metric(server, "idtrail_stitch_buffer_spans").await > 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "traces never stitched"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+/// Credential fingerprints → the secret planted on the span that presented them.
+fn name_fingerprints(data_dir: &Path, scenario: &Scenario, names: &mut Names) {
+    let mut planted: HashMap<String, String> = HashMap::new();
+    for spec in scenario
+        .sends
+        .iter()
+        .filter_map(|s| match s {
+            Send::Spans(specs) => Some(specs),
+            Send::WaitStitched(_) => None,
+        })
+        .flatten()
+    {
+        let text = serde_json::to_string(&spec.attrs).unwrap_or_default();
+        if let Some(secret) = scenario
+            .secrets
+            .keys()
+            .find(|s| text.contains(&format!("${{{s}}}")))
+        {
+            planted.insert(common::hex(&names.span(&spec.id)), secret.clone());
+        }
+    }
+    for row in rows(&read_table(data_dir, "spans")) {
+        if let (Some(span), Some(fp)) = (row["span_id"].as_str(), row["credential_fp"].as_str())
+            && let Some(secret) = planted.get(span)
+            && fp.starts_with('k')
+        {
+            names.by_hex.insert(fp.to_string(), format!("fp({secret})"));
+        }
+    }
+}
+
+async fn run(path: &Path) -> Expected {
+    let text = std::fs::read_to_string(path).expect("scenario");
+    let input = text.split(MARKER).next().unwrap_or_default();
+    let scenario: Scenario =
+        serde_saphyr::from_str(input).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let secrets: HashMap<String, String> = scenario
+        .secrets
+        .iter()
+        .map(|(name, s)| {
+            let raw = match s {
+                Secret::Jwt(claims) => jwt(claims),
+                Secret::Raw(raw) => raw.clone(),
+            };
+            (name.clone(), raw)
+        })
+        .collect();
+    let server = TestServer::start(&[
+        ("stitcher.quiet_window", "300ms"),
+        ("writer.max_file_age", "100ms"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let mut names = Names::default();
+    for send in &scenario.sends {
+        match send {
+            Send::Spans(specs) => {
+                let body = request(specs, &mut names, &secrets).encode_to_vec();
+                let response = client
+                    .post(server.http_url("/v1/traces"))
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("export");
+                assert_eq!(response.status(), 200, "export refused");
+            }
+            Send::WaitStitched(_) => wait_stitched(&server).await,
+        }
+    }
+    wait_stitched(&server).await;
+    let dir = server.stop().await;
+    let data_dir = dir.path().join("data");
+    name_fingerprints(&data_dir, &scenario, &mut names);
+
+    let mut chains = rows(&read_table(&data_dir, "chains"));
+    let mut edges = rows(&read_table(&data_dir, "edges"));
+    for row in chains.iter_mut().chain(edges.iter_mut()) {
+        names.symbolize(row);
+    }
+    let key = |row: &Value, cols: &[&str]| -> Vec<String> {
+        cols.iter().map(|c| row[*c].to_string()).collect()
+    };
+    chains.sort_by_key(|r| key(r, &["trace_id", "effect_span_id", "revision"]));
+    edges.sort_by_key(|r| {
+        key(
+            r,
+            &[
+                "relation",
+                "src_kind",
+                "src_id",
+                "dst_kind",
+                "dst_id",
+                "first_seen",
+            ],
+        )
+    });
+    Expected { chains, edges }
+}
+
+fn scenarios() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/stitch");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("scenario dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+async fn check(name: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scenarios/stitch")
+        .join(format!("{name}.yaml"));
+    let actual = run(&path).await;
+    let text = std::fs::read_to_string(&path).expect("scenario");
+    let (input, expected) = match text.split_once(MARKER) {
+        Some((input, expected)) => (input.to_string(), Some(expected.to_string())),
+        None => (text.clone(), None),
+    };
+    if std::env::var_os("IDTRAIL_BLESS").is_some() {
+        let rendered = serde_saphyr::to_string(&actual).expect("yaml");
+        let input = input.trim_end();
+        std::fs::write(&path, format!("{input}\n\n{MARKER}\n{rendered}")).expect("bless");
+        return;
+    }
+    let expected: Expected = serde_saphyr::from_str(expected.as_deref().unwrap_or_else(|| {
+        panic!(
+            "{} has no expected section: run with IDTRAIL_BLESS=1",
+            path.display()
+        )
+    }))
+    .expect("expected section");
+    if actual != expected {
+        let rendered = serde_saphyr::to_string(&actual).unwrap_or_default();
+        panic!(
+            "{}: stitched output differs from the expected section.\n--- actual ---\n{rendered}",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn every_scenario_file_has_a_test() {
+    let names: Vec<String> = scenarios()
+        .iter()
+        .filter_map(|p| p.file_stem()?.to_str().map(str::to_string))
+        .collect();
+    let source = include_str!("stitch_golden.rs");
+    for name in names {
+        assert!(
+            source.contains(&format!("check(\"{name}\")")),
+            "tests/scenarios/stitch/{name}.yaml has no #[tokio::test] calling check(\"{name}\")"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn human_agent_subagent_tool_exchange_gateway_db_delete() {
+    check("human_agent_delegation").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_only_batch_job() {
+    check("service_batch_job").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_run_with_no_human() {
+    check("autonomous_agent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_parentage_is_stitched_as_far_as_the_spans_go() {
+    check("broken_parentage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_consumer_takes_its_linked_producers_head() {
+    check("queue_consumer_linked").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_span_completes_a_chain_in_revision_2() {
+    check("late_span_revision").await;
+}
