@@ -134,16 +134,26 @@ def _ready(url: str) -> bool:
         return False
 
 
-def start_server(tmp_path: Path, attempts: int = 3, rust_log: str | None = None) -> Server:
+def start_server(
+    tmp_path: Path,
+    attempts: int = 3,
+    rust_log: str | None = None,
+    extra_args: list[str] | tuple[str, ...] = (),
+    key_file: Path | None = None,
+) -> Server:
+    """Starts `idtrail serve` with its data in `tmp_path`. `extra_args` are appended to the
+    command line (e.g. `--set stitcher.quiet_window=1s`); `key_file` lets several servers share
+    one fingerprint key (default: a new one in `tmp_path/keys`)."""
     binary = idtrail_bin()
     if not binary.exists():
         pytest.fail(
             f"idtrail binary not found at {binary}: build it with `cargo build` or set IDTRAIL_BIN"
         )
     data_dir = tmp_path / "data"
-    key_dir = tmp_path / "keys"
-    key_dir.mkdir(exist_ok=True)
-    key_file = key_dir / "fp.key"
+    if key_file is None:
+        key_dir = tmp_path / "keys"
+        key_dir.mkdir(exist_ok=True)
+        key_file = key_dir / "fp.key"
     last_error = ""
     for attempt in range(attempts):
         grpc_port, http_port = free_ports(2)
@@ -162,6 +172,7 @@ def start_server(tmp_path: Path, attempts: int = 3, rust_log: str | None = None)
                 "--http-address", f"127.0.0.1:{http_port}",
                 "--key-file", str(key_file),
                 "--set", f"writer.max_file_age={MAX_FILE_AGE}",
+                *extra_args,
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
