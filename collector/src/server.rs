@@ -29,8 +29,9 @@ pub struct BoundAddresses {
     pub http: SocketAddr,
 }
 
-/// Holds the data directory against a second collector using it at the same time.
-fn lock_data_dir(config: &Config) -> Result<File> {
+/// Holds the data directory against a second collector (or a `restitch`) using it at the same
+/// time, until the returned file is dropped.
+pub fn lock_data_dir(config: &Config) -> Result<File> {
     let dir = &config.data_dir;
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(".lock");
@@ -122,8 +123,12 @@ pub async fn serve(
         telemetry.clone(),
     )?;
     // Reads the files of the last few minutes: after the listeners, so probes answer meanwhile.
-    let seeded = writer.seed_dedup_from_recent_files(config.dedup.window)?;
-    tracing::info!(ids = seeded, "dedup window seeded from recent files");
+    let (ids, revisions) = writer.seed_from_recent_files(config.dedup.window)?;
+    tracing::info!(
+        ids,
+        revisions,
+        "dedup window and chain revisions seeded from recent files"
+    );
     // A short queue: a writer that falls behind slows WAL commits (and so acknowledgements)
     // instead of holding hundreds of batches in memory.
     let (writer_handle, writer_thread) = writer.spawn(32)?;

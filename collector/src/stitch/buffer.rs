@@ -110,6 +110,9 @@ pub struct TraceBuffer {
     interner: Interner,
     /// Highest position replayed from the WAL at start-up.
     replay_end: Option<WalPosition>,
+    /// Highest revision of each chain published before the restart (within the dedup window),
+    /// for traces re-stitched after it whose history died with the old process.
+    published_revisions: HashMap<(TraceId, SpanId), u32>,
     pub out: Stitched,
 }
 
@@ -127,6 +130,7 @@ impl TraceBuffer {
             retained_bytes: 0,
             interner: Interner::default(),
             replay_end: None,
+            published_revisions: HashMap::new(),
             out: Stitched::default(),
         }
     }
@@ -197,6 +201,15 @@ impl TraceBuffer {
         self.open_bytes += bytes;
         self.open_spans += 1;
         self.by_last.insert((position, trace_id));
+    }
+
+    /// Remembers a chain revision published by an earlier run.
+    pub fn seed_revision(&mut self, trace_id: TraceId, effect: SpanId, revision: u32) {
+        let known = self
+            .published_revisions
+            .entry((trace_id, effect))
+            .or_insert(revision);
+        *known = (*known).max(revision);
     }
 
     /// When the next trace goes quiet, if any is open.
@@ -301,18 +314,25 @@ impl TraceBuffer {
                 continue;
             };
             let hash = chain.content_hash();
+            let partition = Partition::of_nanos(chain.time);
+            let published = self.published_revisions.get(&(id, effect)).copied();
+            if covered(chains::TABLE, &partition) {
+                // The same rows an earlier run published: remember, don't write again.
+                let revision = published.unwrap_or(1);
+                trace.history.revisions.insert(effect, (revision, hash));
+                continue;
+            }
             let revision = match trace.history.revisions.get(&effect) {
-                None => 1,
+                // Stitched by an earlier run whose history died with it: the content it wrote
+                // is unknown here, so this re-stitch writes the next revision.
+                None => published.map_or(1, |p| p + 1),
                 Some(&(_, known)) if known == hash => continue,
                 Some(&(revision, _)) => revision + 1,
             };
             trace.history.revisions.insert(effect, (revision, hash));
             chain.revision = revision;
-            let partition = Partition::of_nanos(chain.time);
-            if !covered(chains::TABLE, &partition) {
-                self.telemetry.chain_stitched(revision);
-                self.out.chains.entry(partition).or_default().push(chain);
-            }
+            self.telemetry.chain_stitched(revision);
+            self.out.chains.entry(partition).or_default().push(chain);
         }
         for (key, (count, first, last)) in edges::count(&observations) {
             let before = trace.history.edges.get(&key).copied().unwrap_or(0);

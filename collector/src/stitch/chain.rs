@@ -83,7 +83,7 @@ impl Head {
 }
 
 /// The head of the chain through `ancestry` (root-most first): the nearest user (from the spans,
-/// else from the subject of a presented token), the nearest session, the agents outermost first
+/// else from the subject of a presented token), the outermost session, the agents outermost first
 /// (from the spans, else from the act chain of the nearest token).
 pub fn head_of(trace: &Trace<'_>, ancestry: &[usize]) -> Head {
     let spans = trace.spans;
@@ -100,7 +100,11 @@ pub fn head_of(trace: &Trace<'_>, ancestry: &[usize]) -> Head {
             Some((user.to_string(), spans[j].span_id))
         })
     });
-    let session_id = nearest(&|j| spans[j].facts()?.session_id.clone()).map(|(s, _)| s);
+    // The session of the initiating human: the outermost one (an MCP or agent conversation
+    // nearer the effect is a session of the agents, not of the user).
+    let session_id = ancestry
+        .iter()
+        .find_map(|&j| spans[j].facts()?.session_id.clone());
     let mut agents: Vec<(String, SpanId)> = Vec::new();
     for &j in ancestry {
         if let Some(agent) = spans[j].agent()

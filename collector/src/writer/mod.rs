@@ -419,26 +419,80 @@ impl SpanWriter {
         done.try_recv().unwrap_or(Err(Error::ShuttingDown))
     }
 
-    /// Remembers the ids of spans published within the dedup window, so a retry that arrives
-    /// after a restart is still recognised.
-    pub fn seed_dedup_from_recent_files(&mut self, window: Duration) -> Result<usize> {
+    /// Remembers what was published within the dedup window: span ids, so a retry that arrives
+    /// after a restart is still recognised, and chain revisions, so a trace re-stitched after a
+    /// restart (a retried or late span) continues its revisions instead of repeating them.
+    pub fn seed_from_recent_files(&mut self, window: Duration) -> Result<(usize, usize)> {
+        let mut spans_seeded = 0;
+        for (partition, name) in self.recent_files(spans::TABLE, window)? {
+            let bytes = self.sink.read(spans::TABLE, &partition, &name)?;
+            spans_seeded += self.seed_from_file(bytes)?;
+        }
+        let mut chains_seeded = 0;
+        if self.stitcher.is_some() {
+            for (partition, name) in self.recent_files(chains::TABLE, window)? {
+                let bytes = self.sink.read(chains::TABLE, &partition, &name)?;
+                chains_seeded += self.seed_revisions_from_file(bytes)?;
+            }
+        }
+        Ok((spans_seeded, chains_seeded))
+    }
+
+    /// Files of `table` modified within `window`, in the hour partitions that window reaches.
+    fn recent_files(&self, table: &str, window: Duration) -> Result<Vec<(Partition, String)>> {
         let now = SystemTime::now();
         let now_nanos = now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i64);
         let hours = window.as_secs() / 3600 + 2;
-        let mut seeded = 0;
+        let mut files = Vec::new();
         for back in 0..hours as i64 {
             let partition = Partition::of_nanos(now_nanos - back * HOUR_NANOS);
-            for file in self.sink.list(spans::TABLE, &partition)? {
+            for file in self.sink.list(table, &partition)? {
                 let recent = now
                     .duration_since(file.modified)
                     .map_or(true, |age| age <= window);
-                if !recent {
-                    continue;
+                if recent {
+                    files.push((partition, file.name));
                 }
-                let bytes = self.sink.read(spans::TABLE, &partition, &file.name)?;
-                seeded += self.seed_from_file(bytes)?;
+            }
+        }
+        Ok(files)
+    }
+
+    fn seed_revisions_from_file(&mut self, bytes: bytes::Bytes) -> Result<usize> {
+        let Some(stitcher) = &mut self.stitcher else {
+            return Ok(0);
+        };
+        let parquet_err = |e: parquet::errors::ParquetError| Error::Parquet(e.to_string());
+        let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(parquet_err)?;
+        let mask = parquet::arrow::ProjectionMask::columns(
+            builder.parquet_schema(),
+            ["trace_id", "effect_span_id", "revision"],
+        );
+        let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
+        let mut seeded = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
+            let (Some(traces), Some(spans), Some(revisions)) = (
+                batch.column(0).as_any().downcast_ref::<StringArray>(),
+                batch.column(1).as_any().downcast_ref::<StringArray>(),
+                batch
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<arrow::array::UInt32Array>(),
+            ) else {
+                continue;
+            };
+            for i in 0..batch.num_rows() {
+                let mut t = [0u8; 16];
+                let mut s = [0u8; 8];
+                if hex::decode_to_slice(traces.value(i), &mut t).is_ok()
+                    && hex::decode_to_slice(spans.value(i), &mut s).is_ok()
+                {
+                    stitcher.seed_revision(t, s, revisions.value(i));
+                    seeded += 1;
+                }
             }
         }
         Ok(seeded)

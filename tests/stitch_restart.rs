@@ -1,0 +1,217 @@
+//! Chains survive SIGKILL exactly once: `idtrail serve` is killed while traces sit in the trace
+//! buffer (and while stitched chains wait for publication), restarted, and finally allowed to
+//! stitch everything. Every side effect stored in the spans table must have its chain, and no
+//! chain row may appear twice.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_server(dir: &Path, grpc: u16, http: u16, log_name: &str) -> Child {
+    let log = std::fs::File::create(dir.join(log_name)).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_idtrail"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.join("data"))
+        .arg("--key-file")
+        .arg(dir.join("fp.key"))
+        .args(["--grpc-address", &format!("127.0.0.1:{grpc}")])
+        .args(["--http-address", &format!("127.0.0.1:{http}")])
+        // Traces stay open for 2 s: kills land while many sit in the buffer. Files every
+        // 300 ms: kills also land between publishing chains and checkpointing the WAL.
+        .args([
+            "--set",
+            "stitcher.quiet_window=2s",
+            "--set",
+            "writer.max_file_age=300ms",
+            "--set",
+            "wal.segment_bytes=200000",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn idtrail serve");
+    wait_until(http, "/readyz", |status, _| status == 200);
+    child
+}
+
+/// Polls `path` on the HTTP port until `done(status, body)`.
+fn wait_until(http: u16, path: &str, done: impl Fn(u16, &str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = format!("http://127.0.0.1:{http}{path}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    while Instant::now() < deadline {
+        let finished = runtime.block_on(async {
+            match reqwest::get(&url).await {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let body = r.text().await.unwrap_or_default();
+                    done(status, &body)
+                }
+                Err(_) => false,
+            }
+        });
+        if finished {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting on {path}");
+}
+
+fn metric(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+fn sigkill(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}
+
+fn sigterm(child: &mut Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    assert!(child.wait().expect("wait").success(), "graceful exit");
+}
+
+fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
+    idtrail_query::published_files(data_dir, table, None)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|path| {
+            let file = std::fs::File::open(&path).expect("open parquet");
+            ParquetRecordBatchReaderBuilder::try_new(file)
+                .expect("footer")
+                .build()
+                .expect("reader")
+                .map(|b| b.expect("batch"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .expect("string column")
+}
+
+#[test]
+fn chains_survive_sigkill_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (grpc, http) = (free_port(), free_port());
+    let mut server = start_server(dir.path(), grpc, http, "serve-0.log");
+    let generator = Command::new(env!("CARGO_BIN_EXE_idtrail"))
+        .args(["gen", "--quiet", "--seed", "11", "--rate", "3000"])
+        .args([
+            "--duration",
+            "14",
+            "--batch-spans",
+            "100",
+            "--concurrency",
+            "4",
+        ])
+        .args(["--max-retry-secs", "60"])
+        .args(["--endpoint", &format!("http://127.0.0.1:{grpc}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn idtrail gen");
+
+    // The first kill lands while every trace is still open. Each later one lands as soon as
+    // the restarted server has published chains: its replayed traces and newer ones are then
+    // partly stitched and published, partly open, and the WAL still holds records of both.
+    std::thread::sleep(Duration::from_millis(1500));
+    sigkill(&mut server);
+    for round in 1..=3 {
+        server = start_server(dir.path(), grpc, http, &format!("serve-{round}.log"));
+        wait_until(http, "/metrics", |_, body| {
+            metric(body, "idtrail_files_written_total{table=\"chains\"}").is_some_and(|n| n > 0.0)
+        });
+        sigkill(&mut server);
+    }
+    server = start_server(dir.path(), grpc, http, "serve-4.log");
+    let output = generator.wait_with_output().expect("generator");
+    assert!(output.status.success(), "generator failed");
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("summary");
+    assert_eq!(summary["spans_failed"], 0, "{summary}");
+
+    // A last kill with everything still open, then let the restarted server stitch it all.
+    sigkill(&mut server);
+    let mut server = start_server(dir.path(), grpc, http, "serve-last.log");
+    wait_until(http, "/metrics", |_, body| {
+        metric(body, "idtrail_stitch_buffer_spans") == Some(0.0)
+            && metric(body, "idtrail_traces_stitched_total").is_some_and(|n| n > 0.0)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    sigterm(&mut server);
+
+    let data_dir = dir.path().join("data");
+    // Side effects as the stitcher counts them: db, messaging and MCP resource spans (HTTP
+    // effects depend on whether the server side is traced, so they are left out here).
+    let mut effects: HashSet<(String, String)> = HashSet::new();
+    for batch in read_table(&data_dir, "spans") {
+        let (traces, spans, kinds) = (
+            strings(&batch, "trace_id"),
+            strings(&batch, "span_id"),
+            strings(&batch, "effect_kind"),
+        );
+        for i in 0..batch.num_rows() {
+            if !kinds.is_null(i) && kinds.value(i) != "http" {
+                effects.insert((traces.value(i).to_string(), spans.value(i).to_string()));
+            }
+        }
+    }
+    assert!(
+        effects.len() > 1000,
+        "too few side effects: {}",
+        effects.len()
+    );
+
+    let mut rows: HashMap<(String, String, u32), usize> = HashMap::new();
+    let mut chained: HashSet<(String, String)> = HashSet::new();
+    for batch in read_table(&data_dir, "chains") {
+        let (traces, spans) = (
+            strings(&batch, "trace_id"),
+            strings(&batch, "effect_span_id"),
+        );
+        let revisions = batch
+            .column_by_name("revision")
+            .and_then(|c| c.as_any().downcast_ref::<UInt32Array>())
+            .expect("revision");
+        for i in 0..batch.num_rows() {
+            let key = (traces.value(i).to_string(), spans.value(i).to_string());
+            chained.insert(key.clone());
+            *rows.entry((key.0, key.1, revisions.value(i))).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = rows.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    assert!(twice.is_empty(), "chain rows written twice: {twice:?}");
+    let unchained: Vec<_> = effects.difference(&chained).take(5).collect();
+    assert!(
+        unchained.is_empty(),
+        "{} side effects without a chain, e.g. {unchained:?}",
+        effects.difference(&chained).count()
+    );
+}
