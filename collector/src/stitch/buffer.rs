@@ -387,3 +387,155 @@ impl LinkResolver for KnownTraces<'_> {
         Some(head_of(&trace, &trace.ancestry(at).spans))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::{BatchHeader, EffectKind, SpanRow};
+
+    struct NothingPublished;
+    impl PublishedCheck for NothingPublished {
+        fn covers(&mut self, _: &'static str, _: &Partition, _: WalPosition) -> bool {
+            false
+        }
+    }
+
+    fn effect_span(trace: u8, span: u8) -> SpanRow {
+        SpanRow {
+            trace_id: [trace; 16],
+            span_id: [span; 8],
+            start_time: 1_795_341_600_000_000_000,
+            user_id: Some(format!("user-{trace}")),
+            effect_kind: Some(EffectKind::Db),
+            effect_target: Some("shop.orders".into()),
+            ..Default::default()
+        }
+    }
+
+    fn batch(rows: Vec<SpanRow>) -> SpanBatch {
+        SpanBatch {
+            header: Arc::new(BatchHeader::default()),
+            spans: rows,
+        }
+    }
+
+    fn pos(offset: u64) -> WalPosition {
+        WalPosition { segment: 1, offset }
+    }
+
+    fn buffer(config: StitcherConfig) -> TraceBuffer {
+        TraceBuffer::new(&config, Arc::new(Telemetry::new()))
+    }
+
+    #[test]
+    fn over_the_memory_bound_the_oldest_traces_are_stitched_early() {
+        let one_span = LineageSpan::from_row(&effect_span(1, 1), None, &mut Interner::default())
+            .estimated_bytes();
+        let mut b = buffer(StitcherConfig {
+            quiet_window: Duration::from_secs(3600),
+            max_buffer_bytes: one_span * 2,
+            late_window: Duration::ZERO,
+            ..Default::default()
+        });
+        let now = Instant::now();
+        for trace in 1..=3u8 {
+            b.add_batch(
+                &batch(vec![effect_span(trace, trace)]),
+                &[true],
+                pos(u64::from(trace)),
+                false,
+                now,
+            );
+        }
+        b.expire(now, &mut NothingPublished);
+        assert_eq!(b.open_traces(), 2, "one trace had to go early");
+        let chains: Vec<_> = b.out.chains.values().flatten().collect();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(
+            chains[0].user_id.as_deref(),
+            Some("user-1"),
+            "the oldest one"
+        );
+        assert_eq!(
+            b.oldest_needed(),
+            Some(pos(2)),
+            "the WAL is needed from trace 2 on"
+        );
+        assert_eq!(b.out.stitched_through, Some(pos(1)));
+    }
+
+    #[test]
+    fn a_late_span_writes_a_new_revision_only_of_chains_it_changes() {
+        let mut b = buffer(StitcherConfig {
+            quiet_window: Duration::from_millis(10),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let mut child = effect_span(7, 2);
+        child.user_id = None;
+        child.parent_span_id = Some([1; 8]);
+        let mut unrelated = effect_span(7, 3);
+        unrelated.parent_span_id = None;
+        b.add_batch(
+            &batch(vec![child, unrelated]),
+            &[true, true],
+            pos(1),
+            false,
+            t0,
+        );
+        b.expire(t0 + Duration::from_millis(20), &mut NothingPublished);
+        let first: Vec<_> = std::mem::take(&mut b.out.chains)
+            .into_values()
+            .flatten()
+            .collect();
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|c| c.revision == 1));
+
+        // The parent with the user arrives late: only the child's chain changes.
+        let mut root = effect_span(7, 1);
+        root.effect_kind = None;
+        root.user_id = Some("carol".into());
+        b.add_batch(
+            &batch(vec![root]),
+            &[true],
+            pos(2),
+            false,
+            t0 + Duration::from_millis(30),
+        );
+        assert_eq!(
+            b.oldest_needed(),
+            Some(pos(2)),
+            "only the late record is still needed"
+        );
+        b.expire(t0 + Duration::from_millis(50), &mut NothingPublished);
+        let second: Vec<_> = b.out.chains.values().flatten().collect();
+        assert_eq!(second.len(), 1, "the unchanged chain is not rewritten");
+        assert_eq!(second[0].revision, 2);
+        assert_eq!(second[0].effect_span_id, hex::encode([2u8; 8]));
+        assert_eq!(second[0].user_id.as_deref(), Some("carol"));
+    }
+
+    #[test]
+    fn replayed_traces_already_published_are_not_written_again() {
+        struct AllPublished;
+        impl PublishedCheck for AllPublished {
+            fn covers(&mut self, _: &'static str, _: &Partition, _: WalPosition) -> bool {
+                true
+            }
+        }
+        let mut b = buffer(StitcherConfig::default());
+        let now = Instant::now();
+        b.add_batch(&batch(vec![effect_span(1, 1)]), &[true], pos(5), true, now);
+        b.add_batch(&batch(vec![effect_span(2, 2)]), &[true], pos(9), false, now);
+        b.stitch_all(now, &mut AllPublished);
+        let chains: Vec<_> = b.out.chains.values().flatten().collect();
+        assert_eq!(
+            chains.len(),
+            1,
+            "the live trace is written, the replayed one is not"
+        );
+        assert_eq!(chains[0].trace_id, hex::encode([2u8; 16]));
+    }
+}
