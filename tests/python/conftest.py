@@ -223,8 +223,13 @@ def idtrail(tmp_path):
 
 @pytest.fixture
 def idtrail_debug(tmp_path):
-    """Like `idtrail`, logging at debug level (more log text that could leak a secret)."""
-    server = start_server(tmp_path, rust_log="debug")
+    """Like `idtrail`, logging at debug level (more log text that could leak a secret), and
+    stitching after 1 s of quiet so chains and edges files exist to be scanned too."""
+    server = start_server(
+        tmp_path,
+        rust_log="debug",
+        extra_args=["--set", "stitcher.quiet_window=1s", "--set", "writer.max_file_age=200ms"],
+    )
     try:
         yield server
     finally:

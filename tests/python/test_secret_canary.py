@@ -382,6 +382,13 @@ def test_secret_canaries_never_persisted_or_logged(idtrail_debug):
     # each protocol's copies fingerprint alike (checked above).
     assert grpc_c.jwt != json_c.jwt
 
+    # The stitcher copies credential fingerprints, users and targets into chains and edges:
+    # wait for them, so their files are scanned too.
+    deadline = time.monotonic() + 30
+    while not all(list((server.data_dir / t).rglob("*.parquet")) for t in ("chains", "edges")):
+        assert time.monotonic() < deadline, "no chains or edges were written"
+        time.sleep(0.2)
+
     # --- Scan while running (WAL segments may be retired after publication) ... ---
     key_dir = server.key_file.parent
     running_leaks, running_files = scan_tree(server.data_dir, forbidden)
