@@ -1,4 +1,33 @@
 //! Library side of the `idtrail` binary: the parts of the command line that are more than
 //! wiring. The pipeline itself lives in the workspace crates (`idtrail-collector`, …).
 
+pub mod restitch;
 pub mod workload;
+
+use std::path::Path;
+
+use anyhow::Context;
+use idtrail_collector::Config;
+
+/// The config of a subcommand: the YAML file, then `IDTRAIL__…` variables, then `--set
+/// PATH=VALUE` items, then the subcommand's own flags (`(config path, value)`, unset ones
+/// skipped), later ones winning.
+pub fn load_config(
+    file: Option<&Path>,
+    set: &[String],
+    flags: &[(&str, Option<String>)],
+) -> anyhow::Result<Config> {
+    let mut overrides = Vec::new();
+    for item in set {
+        let (path, value) = item
+            .split_once('=')
+            .with_context(|| format!("--set {item:?}: expected PATH=VALUE"))?;
+        overrides.push((path.trim().to_string(), value.to_string()));
+    }
+    for (path, value) in flags {
+        if let Some(value) = value {
+            overrides.push((path.to_string(), value.clone()));
+        }
+    }
+    Ok(Config::load(file, std::env::vars(), &overrides)?)
+}

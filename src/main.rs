@@ -24,6 +24,9 @@ enum Command {
     Serve(ServeArgs),
     /// Generate realistic identity-lineage traces and export them over OTLP to any endpoint.
     Gen(idtrail::workload::GenArgs),
+    /// Rebuild the chains and edges tables from the stored spans (backfill, or after the
+    /// stitcher changed). Refuses to run while a collector uses the data directory.
+    Restitch(idtrail::restitch::RestitchArgs),
 }
 
 #[derive(clap::Args)]
@@ -50,35 +53,22 @@ struct ServeArgs {
 
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<Config> {
-        let mut overrides = Vec::new();
-        for item in &self.set {
-            let (path, value) = item
-                .split_once('=')
-                .with_context(|| format!("--set {item:?}: expected PATH=VALUE"))?;
-            overrides.push((path.trim().to_string(), value.to_string()));
-        }
-        let flags = [
-            (
-                "data_dir",
-                self.data_dir.as_ref().map(|p| p.display().to_string()),
-            ),
-            ("receivers.grpc_address", self.grpc_address.clone()),
-            ("receivers.http_address", self.http_address.clone()),
-            (
-                "key_file",
-                self.key_file.as_ref().map(|p| p.display().to_string()),
-            ),
-        ];
-        for (path, value) in flags {
-            if let Some(value) = value {
-                overrides.push((path.to_string(), value));
-            }
-        }
-        Ok(Config::load(
+        idtrail::load_config(
             self.config.as_deref(),
-            std::env::vars(),
-            &overrides,
-        )?)
+            &self.set,
+            &[
+                (
+                    "data_dir",
+                    self.data_dir.as_ref().map(|p| p.display().to_string()),
+                ),
+                ("receivers.grpc_address", self.grpc_address.clone()),
+                ("receivers.http_address", self.http_address.clone()),
+                (
+                    "key_file",
+                    self.key_file.as_ref().map(|p| p.display().to_string()),
+                ),
+            ],
+        )
     }
 }
 
@@ -123,6 +113,11 @@ fn main() -> anyhow::Result<()> {
             ))?;
         }
         Command::Gen(args) => runtime.block_on(idtrail::workload::run(args))?,
+        Command::Restitch(args) => {
+            let config = args.config()?;
+            init_logging(&config);
+            idtrail::restitch::run(&args, &config)?;
+        }
     }
     Ok(())
 }

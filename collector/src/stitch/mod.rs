@@ -7,6 +7,8 @@
 //! - `edges.rs`: the relations a trace evidences, aggregated per flush.
 //! - `buffer.rs`: the quiet-window trace buffer, revisions for late spans, the memory bound.
 //! - `output.rs`: rows → Arrow batches in the `chains` and `edges` schemas.
+//! - `from_spans.rs`, `rebuild.rs`: `idtrail restitch`, chains and edges rebuilt from the
+//!   `spans` files.
 //!
 //! In `idtrail serve` the buffer lives on the writer's intake thread, so the spans it sees are
 //! exactly the ones the writer keeps (after dedup) plus the replayed ones already published,
@@ -15,7 +17,9 @@
 pub mod buffer;
 pub mod chain;
 pub mod edges;
+pub mod from_spans;
 pub mod output;
+pub mod rebuild;
 pub mod span;
 pub mod trace;
 

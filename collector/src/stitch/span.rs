@@ -67,6 +67,51 @@ pub struct EffectFacts {
     pub is_write: bool,
 }
 
+/// A stored span's fields as the stitcher reads them, borrowed from either source: a WAL row
+/// ([`LineageSpan::from_row`]) or a row of the `spans` table (`from_spans.rs`). Both fill one of
+/// these and call [`LineageSpan::new`], so the same span gives the same [`LineageSpan`] whichever
+/// way it came in.
+#[derive(Debug, Clone, Default)]
+pub struct SpanFields<'a> {
+    pub span_id: SpanId,
+    pub parent_span_id: Option<SpanId>,
+    pub start_time: i64,
+    pub kind: SpanKind,
+    /// `service.name` of the span's resource, interned.
+    pub service: Option<Arc<str>>,
+    pub name: &'a str,
+    pub user_id: Option<&'a str>,
+    pub session_id: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub agent_name: Option<&'a str>,
+    pub tool_name: Option<&'a str>,
+    pub tool_call_id: Option<&'a str>,
+    /// The span's SPIFFE ID, else its resource's.
+    pub workload_id: Option<&'a str>,
+    /// Fingerprint and kind of the presented credential.
+    pub credential: Option<(&'a str, &'static str)>,
+    /// Claims of the presented token; read only when a credential was presented.
+    pub token: Option<TokenFields<'a>>,
+    /// The span is an API call (`api_protocol` is set).
+    pub is_api: bool,
+    pub api_method: Option<&'a str>,
+    pub api_route: Option<&'a str>,
+    pub api_target: Option<&'a str>,
+    pub effect_kind: Option<&'static str>,
+    pub effect_operation: Option<&'a str>,
+    pub effect_target: Option<&'a str>,
+    pub effect_is_write: Option<bool>,
+    pub links: &'a [(TraceId, SpanId)],
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenFields<'a> {
+    pub sub: Option<&'a str>,
+    pub client_id: Option<&'a str>,
+    pub scopes: &'a [String],
+    pub actors: &'a [String],
+}
+
 impl LineageSpan {
     /// The lineage part of a stored span. `service` comes from `resource`, interned.
     pub fn from_row(
@@ -77,68 +122,107 @@ impl LineageSpan {
         let service = resource
             .and_then(|r| r.service_name.as_deref())
             .map(|s| interner.intern(s));
-        let workload_id = row
-            .workload_id
-            .clone()
-            .or_else(|| resource.and_then(|r| r.workload_id.clone()));
-        let credential = row.credential.as_ref().map(|c| {
-            let token = row.token.as_ref();
-            CredentialFacts {
-                fingerprint: c.fingerprint.clone(),
-                kind: c.kind.as_str(),
-                token_sub: token.and_then(|t| t.sub.clone()),
-                token_client_id: token.and_then(|t| t.client_id.clone()),
-                scopes: token.map(|t| t.scopes.clone()).unwrap_or_default(),
-                actors: token.map(|t| t.actors.clone()).unwrap_or_default(),
-            }
+        let token = row.token.as_ref().map(|t| TokenFields {
+            sub: t.sub.as_deref(),
+            client_id: t.client_id.as_deref(),
+            scopes: &t.scopes,
+            actors: &t.actors,
         });
-        let api = row.api_protocol.map(|_| ApiFacts {
-            method: row.api_method.clone(),
-            route: row.api_route.clone(),
-            target: row.api_target.clone(),
-        });
-        let effect = row.effect_kind.map(|kind| EffectFacts {
-            kind: kind.as_str(),
-            operation: row.effect_operation.clone(),
-            target: row.effect_target.clone(),
-            is_write: row.effect_is_write.unwrap_or(false),
-        });
-        let agent = row.agent_id.clone().or_else(|| row.agent_name.clone());
-        let has_facts = row.user_id.is_some()
-            || row.session_id.is_some()
-            || agent.is_some()
-            || row.tool_name.is_some()
-            || row.tool_call_id.is_some()
-            || workload_id.is_some()
-            || credential.is_some()
-            || api.is_some()
-            || effect.is_some()
-            || !row.links.is_empty()
-            // Entry points name the operation a side effect is charged to when no API call
-            // stands above it (a queue consumer, a cron job).
-            || matches!(row.kind, SpanKind::Server | SpanKind::Consumer)
-            || row.parent_span_id.is_none();
-        let facts = has_facts.then(|| {
-            Box::new(Facts {
-                name: row.name.clone(),
-                user_id: row.user_id.clone(),
-                session_id: row.session_id.clone(),
-                agent,
-                tool_name: row.tool_name.clone(),
-                tool_call_id: row.tool_call_id.clone(),
-                workload_id,
-                credential,
-                api,
-                effect,
-                links: row.links.clone(),
-            })
-        });
-        LineageSpan {
+        LineageSpan::new(SpanFields {
             span_id: row.span_id,
             parent_span_id: row.parent_span_id,
             start_time: row.start_time,
             kind: row.kind,
             service,
+            name: &row.name,
+            user_id: row.user_id.as_deref(),
+            session_id: row.session_id.as_deref(),
+            agent_id: row.agent_id.as_deref(),
+            agent_name: row.agent_name.as_deref(),
+            tool_name: row.tool_name.as_deref(),
+            tool_call_id: row.tool_call_id.as_deref(),
+            workload_id: row
+                .workload_id
+                .as_deref()
+                .or_else(|| resource.and_then(|r| r.workload_id.as_deref())),
+            credential: row
+                .credential
+                .as_ref()
+                .map(|c| (c.fingerprint.as_str(), c.kind.as_str())),
+            token,
+            is_api: row.api_protocol.is_some(),
+            api_method: row.api_method.as_deref(),
+            api_route: row.api_route.as_deref(),
+            api_target: row.api_target.as_deref(),
+            effect_kind: row.effect_kind.map(|k| k.as_str()),
+            effect_operation: row.effect_operation.as_deref(),
+            effect_target: row.effect_target.as_deref(),
+            effect_is_write: row.effect_is_write,
+            links: &row.links,
+        })
+    }
+
+    /// The lineage part of a span, from its fields (see [`SpanFields`]).
+    pub fn new(f: SpanFields<'_>) -> LineageSpan {
+        let owned = |s: Option<&str>| s.map(str::to_string);
+        let credential = f.credential.map(|(fingerprint, kind)| {
+            let token = f.token.as_ref();
+            CredentialFacts {
+                fingerprint: fingerprint.to_string(),
+                kind,
+                token_sub: owned(token.and_then(|t| t.sub)),
+                token_client_id: owned(token.and_then(|t| t.client_id)),
+                scopes: token.map(|t| t.scopes.to_vec()).unwrap_or_default(),
+                actors: token.map(|t| t.actors.to_vec()).unwrap_or_default(),
+            }
+        });
+        let api = f.is_api.then(|| ApiFacts {
+            method: owned(f.api_method),
+            route: owned(f.api_route),
+            target: owned(f.api_target),
+        });
+        let effect = f.effect_kind.map(|kind| EffectFacts {
+            kind,
+            operation: owned(f.effect_operation),
+            target: owned(f.effect_target),
+            is_write: f.effect_is_write.unwrap_or(false),
+        });
+        let agent = f.agent_id.or(f.agent_name);
+        let has_facts = f.user_id.is_some()
+            || f.session_id.is_some()
+            || agent.is_some()
+            || f.tool_name.is_some()
+            || f.tool_call_id.is_some()
+            || f.workload_id.is_some()
+            || credential.is_some()
+            || api.is_some()
+            || effect.is_some()
+            || !f.links.is_empty()
+            // Entry points name the operation a side effect is charged to when no API call
+            // stands above it (a queue consumer, a cron job).
+            || matches!(f.kind, SpanKind::Server | SpanKind::Consumer)
+            || f.parent_span_id.is_none();
+        let facts = has_facts.then(|| {
+            Box::new(Facts {
+                name: f.name.to_string(),
+                user_id: owned(f.user_id),
+                session_id: owned(f.session_id),
+                agent: owned(agent),
+                tool_name: owned(f.tool_name),
+                tool_call_id: owned(f.tool_call_id),
+                workload_id: owned(f.workload_id),
+                credential,
+                api,
+                effect,
+                links: f.links.to_vec(),
+            })
+        });
+        LineageSpan {
+            span_id: f.span_id,
+            parent_span_id: f.parent_span_id,
+            start_time: f.start_time,
+            kind: f.kind,
+            service: f.service,
             facts,
         }
     }

@@ -77,20 +77,8 @@ impl Publisher {
                 spans::col::START_TIME,
                 &config.bloom_filter_columns,
             )?,
-            chains_properties: writer_properties(
-                config,
-                writer_id,
-                &chains::schema(),
-                "time",
-                &["trace_id".into(), "credential_fp".into()],
-            )?,
-            edges_properties: writer_properties(
-                config,
-                writer_id,
-                &edges::schema(),
-                "first_seen",
-                &["src_id".into(), "dst_id".into()],
-            )?,
+            chains_properties: chains_properties(config, writer_id)?,
+            edges_properties: edges_properties(config, writer_id)?,
             sink,
             wal_dir,
             telemetry,
@@ -134,14 +122,7 @@ impl Publisher {
             .stitched_through
             .map(|p| (STITCHED_THROUGH_KEY, p.to_string()));
         while let Some((partition, mut rows)) = job.chains.pop_first() {
-            // Files are sorted by time; the stitcher emits in the order traces went quiet.
-            rows.sort_by(|a, b| {
-                (a.time, &a.trace_id, &a.effect_span_id).cmp(&(
-                    b.time,
-                    &b.trace_id,
-                    &b.effect_span_id,
-                ))
-            });
+            sort_chains(&mut rows);
             let published = output::chains_batch(&rows)
                 .map_err(|e| Error::Parquet(format!("building the chains batch: {e}")))
                 .and_then(|batch| {
@@ -218,16 +199,7 @@ impl Publisher {
         properties: WriterProperties,
         footer: &Option<(&str, String)>,
     ) -> Result<()> {
-        let mut bytes = Vec::with_capacity(batch.num_rows() * 64);
-        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))
-            .map_err(|e| Error::Parquet(e.to_string()))?;
-        writer
-            .write(batch)
-            .map_err(|e| Error::Parquet(e.to_string()))?;
-        if let Some((key, value)) = footer {
-            writer.append_key_value_metadata(KeyValue::new(key.to_string(), value.clone()));
-        }
-        writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
+        let bytes = encode(batch, properties, footer)?;
         let seq = self.next_seq();
         let path = self.sink.publish(table, partition, seq, &bytes)?;
         self.telemetry
@@ -244,6 +216,57 @@ impl Publisher {
         self.last_seq = now.max(self.last_seq + 1);
         self.last_seq
     }
+}
+
+/// Files are sorted by time; the stitcher emits in the order traces went quiet.
+pub(crate) fn sort_chains(rows: &mut [ChainRow]) {
+    rows.sort_by(|a, b| {
+        (a.time, &a.trace_id, &a.effect_span_id).cmp(&(b.time, &b.trace_id, &b.effect_span_id))
+    });
+}
+
+/// One Parquet file holding `batch`, with `footer` added to its key-value metadata.
+pub(crate) fn encode(
+    batch: &RecordBatch,
+    properties: WriterProperties,
+    footer: &Option<(&str, String)>,
+) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(batch.num_rows() * 64);
+    let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties))
+        .map_err(|e| Error::Parquet(e.to_string()))?;
+    writer
+        .write(batch)
+        .map_err(|e| Error::Parquet(e.to_string()))?;
+    if let Some((key, value)) = footer {
+        writer.append_key_value_metadata(KeyValue::new(key.to_string(), value.clone()));
+    }
+    writer.close().map_err(|e| Error::Parquet(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Properties of `chains` files (also those `idtrail restitch` writes).
+pub(crate) fn chains_properties(
+    config: &WriterConfig,
+    writer_id: &str,
+) -> Result<WriterProperties> {
+    writer_properties(
+        config,
+        writer_id,
+        &chains::schema(),
+        "time",
+        &["trace_id".into(), "credential_fp".into()],
+    )
+}
+
+/// Properties of `edges` files (also those `idtrail restitch` writes).
+pub(crate) fn edges_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterProperties> {
+    writer_properties(
+        config,
+        writer_id,
+        &edges::schema(),
+        "first_seen",
+        &["src_id".into(), "dst_id".into()],
+    )
 }
 
 fn writer_properties(
