@@ -386,7 +386,8 @@ async fn run(path: &Path) -> Expected {
                     .expect("export");
                 assert_eq!(response.status(), 200, "export refused");
             }
-            Send::WaitStitched(_) => wait_stitched(&server).await,
+            Send::WaitStitched(true) => wait_stitched(&server).await,
+            Send::WaitStitched(false) => {}
         }
     }
     wait_stitched(&server).await;

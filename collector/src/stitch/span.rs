@@ -35,9 +35,11 @@ pub struct Facts {
     pub tool_name: Option<String>,
     pub tool_call_id: Option<String>,
     pub workload_id: Option<String>,
-    pub credential: Option<CredentialFacts>,
-    pub api: Option<ApiFacts>,
-    pub effect: Option<EffectFacts>,
+    // Boxed: each is absent from most spans, and inline they would triple the size of every
+    // span that has any fact at all.
+    pub credential: Option<Box<CredentialFacts>>,
+    pub api: Option<Box<ApiFacts>>,
+    pub effect: Option<Box<EffectFacts>>,
     pub links: Vec<(TraceId, SpanId)>,
 }
 
@@ -167,25 +169,29 @@ impl LineageSpan {
         let owned = |s: Option<&str>| s.map(str::to_string);
         let credential = f.credential.map(|(fingerprint, kind)| {
             let token = f.token.as_ref();
-            CredentialFacts {
+            Box::new(CredentialFacts {
                 fingerprint: fingerprint.to_string(),
                 kind,
                 token_sub: owned(token.and_then(|t| t.sub)),
                 token_client_id: owned(token.and_then(|t| t.client_id)),
                 scopes: token.map(|t| t.scopes.to_vec()).unwrap_or_default(),
                 actors: token.map(|t| t.actors.to_vec()).unwrap_or_default(),
-            }
+            })
         });
-        let api = f.is_api.then(|| ApiFacts {
-            method: owned(f.api_method),
-            route: owned(f.api_route),
-            target: owned(f.api_target),
+        let api = f.is_api.then(|| {
+            Box::new(ApiFacts {
+                method: owned(f.api_method),
+                route: owned(f.api_route),
+                target: owned(f.api_target),
+            })
         });
-        let effect = f.effect_kind.map(|kind| EffectFacts {
-            kind,
-            operation: owned(f.effect_operation),
-            target: owned(f.effect_target),
-            is_write: f.effect_is_write.unwrap_or(false),
+        let effect = f.effect_kind.map(|kind| {
+            Box::new(EffectFacts {
+                kind,
+                operation: owned(f.effect_operation),
+                target: owned(f.effect_target),
+                is_write: f.effect_is_write.unwrap_or(false),
+            })
         });
         let agent = f.agent_id.or(f.agent_name);
         let has_facts = f.user_id.is_some()
@@ -240,44 +246,52 @@ impl LineageSpan {
     }
 
     pub fn credential(&self) -> Option<&CredentialFacts> {
-        self.facts()?.credential.as_ref()
+        self.facts()?.credential.as_deref()
     }
 
     pub fn api(&self) -> Option<&ApiFacts> {
-        self.facts()?.api.as_ref()
+        self.facts()?.api.as_deref()
     }
 
     pub fn effect(&self) -> Option<&EffectFacts> {
-        self.facts()?.effect.as_ref()
+        self.facts()?.effect.as_deref()
     }
 
     pub fn name(&self) -> Option<&str> {
         self.facts().map(|f| f.name.as_str())
     }
 
-    /// Approximate heap and inline size, for the buffer's memory bound.
+    /// Approximate heap and inline size, for the buffer's memory bound. Each heap allocation
+    /// is charged its contents plus the allocator's ~16 bytes of overhead.
     pub fn estimated_bytes(&self) -> usize {
+        const ALLOC: usize = 16;
         let inline = std::mem::size_of::<LineageSpan>();
         let Some(f) = self.facts() else {
             return inline;
         };
-        let s = |o: &Option<String>| o.as_ref().map_or(0, String::len);
-        let mut bytes = inline + std::mem::size_of::<Facts>() + f.name.len();
+        let s = |o: &Option<String>| o.as_ref().map_or(0, |x| x.len() + ALLOC);
+        let mut bytes = inline + std::mem::size_of::<Facts>() + ALLOC + f.name.len() + ALLOC;
         bytes += s(&f.user_id) + s(&f.session_id) + s(&f.agent) + s(&f.tool_name);
-        bytes += s(&f.tool_call_id) + s(&f.workload_id) + f.links.len() * 24;
+        bytes += s(&f.tool_call_id) + s(&f.workload_id);
+        if !f.links.is_empty() {
+            bytes += f.links.len() * 24 + ALLOC;
+        }
         if let Some(c) = &f.credential {
-            bytes += c.fingerprint.len() + s(&c.token_sub) + s(&c.token_client_id);
+            bytes += std::mem::size_of::<CredentialFacts>() + ALLOC;
+            bytes += c.fingerprint.len() + ALLOC + s(&c.token_sub) + s(&c.token_client_id);
             bytes += c
                 .scopes
                 .iter()
                 .chain(&c.actors)
-                .map(|x| x.len() + 24)
+                .map(|x| x.len() + 24 + ALLOC)
                 .sum::<usize>();
         }
         if let Some(a) = &f.api {
+            bytes += std::mem::size_of::<ApiFacts>() + ALLOC;
             bytes += s(&a.method) + s(&a.route) + s(&a.target);
         }
         if let Some(e) = &f.effect {
+            bytes += std::mem::size_of::<EffectFacts>() + ALLOC;
             bytes += s(&e.operation) + s(&e.target);
         }
         bytes
