@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -20,7 +20,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::Link;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
 
 const SERVER: i32 = 2;
@@ -185,25 +184,10 @@ fn files(data_dir: &Path, table: &str) -> Vec<PathBuf> {
     idtrail_query::published_files(data_dir, table, None).expect("list files")
 }
 
-fn read(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
-    files(data_dir, table)
-        .into_iter()
-        .flat_map(|path| {
-            let file = std::fs::File::open(&path).expect("open parquet");
-            ParquetRecordBatchReaderBuilder::try_new(file)
-                .expect("parquet footer")
-                .build()
-                .expect("reader")
-                .map(|b| b.expect("batch"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Every row of `table` as column → displayed value, sorted.
 fn rows(data_dir: &Path, table: &str) -> Vec<BTreeMap<String, String>> {
     let mut out = Vec::new();
-    for batch in read(data_dir, table) {
+    for batch in common::read_table(data_dir, table) {
         let schema = batch.schema();
         // Timestamps as ns: displaying the "UTC" zone needs chrono-tz.
         let columns: Vec<ArrayRef> = batch

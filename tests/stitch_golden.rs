@@ -23,7 +23,6 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Link;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use prost::Message;
 use serde::Deserialize;
 use serde_json::Value;
@@ -241,22 +240,6 @@ fn request(
     }
 }
 
-fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
-    idtrail_query::published_files(data_dir, table, None)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|path| {
-            let file = std::fs::File::open(&path).expect("open parquet");
-            ParquetRecordBatchReaderBuilder::try_new(file)
-                .expect("parquet footer")
-                .build()
-                .expect("reader")
-                .map(|b| b.expect("batch"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn rows(batches: &[RecordBatch]) -> Vec<Value> {
     let mut writer = arrow::json::ArrayWriter::new(Vec::new());
     for batch in batches {
@@ -340,7 +323,7 @@ fn name_fingerprints(data_dir: &Path, scenario: &Scenario, names: &mut Names) {
             planted.insert(common::hex(&names.span(&spec.id)), secret.clone());
         }
     }
-    for row in rows(&read_table(data_dir, "spans")) {
+    for row in rows(&common::read_table(data_dir, "spans")) {
         if let (Some(span), Some(fp)) = (row["span_id"].as_str(), row["credential_fp"].as_str())
             && let Some(secret) = planted.get(span)
             && fp.starts_with('k')
@@ -395,8 +378,8 @@ async fn run(path: &Path) -> Expected {
     let data_dir = dir.path().join("data");
     name_fingerprints(&data_dir, &scenario, &mut names);
 
-    let mut chains = rows(&read_table(&data_dir, "chains"));
-    let mut edges = rows(&read_table(&data_dir, "edges"));
+    let mut chains = rows(&common::read_table(&data_dir, "chains"));
+    let mut edges = rows(&common::read_table(&data_dir, "edges"));
     for row in chains.iter_mut().chain(edges.iter_mut()) {
         names.symbolize(row);
     }

@@ -12,7 +12,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -94,22 +93,6 @@ fn sigterm(child: &mut Child) {
     assert!(child.wait().expect("wait").success(), "graceful exit");
 }
 
-fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
-    idtrail_query::published_files(data_dir, table, None)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|path| {
-            let file = std::fs::File::open(&path).expect("open parquet");
-            ParquetRecordBatchReaderBuilder::try_new(file)
-                .expect("footer")
-                .build()
-                .expect("reader")
-                .map(|b| b.expect("batch"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
     batch
         .column_by_name(name)
@@ -171,7 +154,7 @@ fn chains_survive_sigkill_exactly_once() {
     // Side effects as the stitcher counts them: db, messaging and MCP resource spans (HTTP
     // effects depend on whether the server side is traced, so they are left out here).
     let mut effects: HashSet<(String, String)> = HashSet::new();
-    for batch in read_table(&data_dir, "spans") {
+    for batch in common::read_table(&data_dir, "spans") {
         let (traces, spans, kinds) = (
             strings(&batch, "trace_id"),
             strings(&batch, "span_id"),
@@ -191,7 +174,7 @@ fn chains_survive_sigkill_exactly_once() {
 
     let mut rows: HashMap<(String, String, u32), usize> = HashMap::new();
     let mut chained: HashSet<(String, String)> = HashSet::new();
-    for batch in read_table(&data_dir, "chains") {
+    for batch in common::read_table(&data_dir, "chains") {
         let (traces, spans) = (
             strings(&batch, "trace_id"),
             strings(&batch, "effect_span_id"),

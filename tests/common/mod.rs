@@ -144,7 +144,13 @@ pub fn parquet_files(data_dir: &Path) -> Vec<PathBuf> {
 }
 
 pub fn read_spans(data_dir: &Path) -> Vec<RecordBatch> {
-    parquet_files(data_dir)
+    read_table(data_dir, "spans")
+}
+
+/// Every row of `table` (spans, chains, edges) in its published files.
+pub fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
+    idtrail_query::published_files(data_dir, table, None)
+        .unwrap_or_else(|e| panic!("listing {table} files: {e}"))
         .into_iter()
         .flat_map(|path| {
             let file = std::fs::File::open(&path).expect("open parquet");
