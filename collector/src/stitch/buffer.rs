@@ -14,7 +14,7 @@ use std::time::Instant;
 use idtrail_schemas::layout::Partition;
 use idtrail_schemas::{chains, edges as edges_table};
 
-use super::chain::{ChainRow, Head, LinkResolver, build_chains, head_of};
+use super::chain::{ChainRow, Head, LinkResolver, build_chains, head_of_span};
 use super::edges::{self, EdgeAggregate, EdgeKey};
 use super::span::{Interner, LineageSpan, SpanId, TraceId};
 use super::trace::Trace;
@@ -382,9 +382,7 @@ impl LinkResolver for KnownTraces<'_> {
             .get(trace_id)
             .map(|t| &t.spans)
             .or_else(|| self.retained.get(trace_id).map(|t| &t.spans))?;
-        let trace = Trace::new(*trace_id, spans);
-        let at = trace.find(span_id)?;
-        Some(head_of(&trace, &trace.ancestry(at).spans))
+        head_of_span(trace_id, spans, span_id)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::hash::{Hash, Hasher};
 
-use super::span::{CredentialFacts, SpanId, TraceId};
+use super::span::{CredentialFacts, LineageSpan, SpanId, TraceId};
 use super::trace::{Trace, resource_id, token_user};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,11 +135,19 @@ fn nearest_credential<'a>(
     trace: &Trace<'a>,
     ancestry: &[usize],
 ) -> Option<(&'a CredentialFacts, usize)> {
-    let spans: &'a [crate::stitch::span::LineageSpan] = trace.spans;
+    let spans: &'a [LineageSpan] = trace.spans;
     ancestry
         .iter()
         .rev()
         .find_map(|&j| spans[j].credential().map(|c| (c, j)))
+}
+
+/// The head of span `span_id` in one trace's `spans`, if the span is among them: what a chain
+/// linked to it takes.
+pub fn head_of_span(trace_id: &TraceId, spans: &[LineageSpan], span_id: &SpanId) -> Option<Head> {
+    let trace = Trace::new(*trace_id, spans);
+    let at = trace.find(span_id)?;
+    Some(head_of(&trace, &trace.ancestry(at).spans))
 }
 
 /// Looks up the head of a span in another trace (a span link's target), if that trace is known.

@@ -25,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 pub use idtrail_query::TimeRange;
 use idtrail_schemas::layout::{HOUR_NANOS, Partition};
@@ -35,7 +35,7 @@ use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
-use super::chain::{ChainRow, Head, LinkResolver, build_chains, head_of};
+use super::chain::{ChainRow, Head, LinkResolver, build_chains, head_of_span};
 use super::edges::{self, EdgeAggregate};
 use super::span::{Interner, LineageSpan, SpanId, TraceId};
 use super::trace::Trace;
@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::server::lock_data_dir;
 use crate::wal::{WalPosition, sync_dir};
 use crate::writer::publisher::{chains_properties, edges_properties, encode, sort_chains};
-use crate::writer::sink::{LocalDirSink, TableSink};
+use crate::writer::sink::{FileSequence, LocalDirSink, TableSink};
 use crate::writer::{STITCHED_THROUGH_KEY, WAL_END_KEY};
 
 /// Rows per record batch read from a spans file.
@@ -140,7 +140,7 @@ pub fn rebuild(
         edges: BTreeMap::new(),
         interner: Interner::default(),
         summary: Summary::default(),
-        last_seq: 0,
+        seq: FileSequence::default(),
         progress,
     };
     for (partition, files) in &plan.partitions {
@@ -300,7 +300,7 @@ struct Rebuild<'a> {
     edges: BTreeMap<Partition, EdgeAggregate>,
     interner: Interner,
     summary: Summary,
-    last_seq: u64,
+    seq: FileSequence,
     progress: &'a mut dyn Progress,
 }
 
@@ -520,13 +520,10 @@ impl Rebuild<'_> {
         properties: WriterProperties,
     ) -> Result<()> {
         let bytes = encode(batch, properties, &self.footer)?;
-        // Microseconds since the epoch, as `serve` numbers its files: the new files sort after
-        // every file of this writer (the sink also makes sure of it).
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_seq = now.max(self.last_seq + 1);
-        self.sink.publish(table, partition, self.last_seq, &bytes)?;
+        // Numbered as `serve` numbers its files: the new files sort after every file of this
+        // writer (the sink also makes sure of it).
+        let seq = self.seq.next_seq();
+        self.sink.publish(table, partition, seq, &bytes)?;
         self.summary.files_written += 1;
         Ok(())
     }
@@ -556,11 +553,9 @@ impl LinkResolver for KnownTraces<'_> {
         // A trace split by a long gap may be open and kept at once; the span is in one part.
         let open = self.open.get(trace_id).map(|t| &t.spans);
         let kept = self.kept.get(trace_id).map(|t| &t.spans);
-        open.into_iter().chain(kept).find_map(|spans| {
-            let trace = Trace::new(*trace_id, spans);
-            let at = trace.find(span_id)?;
-            Some(head_of(&trace, &trace.ancestry(at).spans))
-        })
+        open.into_iter()
+            .chain(kept)
+            .find_map(|spans| head_of_span(trace_id, spans, span_id))
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -22,7 +22,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tokio::sync::oneshot;
 
-use super::sink::TableSink;
+use super::sink::{FileSequence, TableSink};
 use super::{PartitionBuffer, STITCHED_THROUGH_KEY, WAL_END_KEY, WRITER_ID_KEY, spans_batch};
 use crate::config::WriterConfig;
 use crate::error::{Error, Result};
@@ -57,7 +57,7 @@ pub struct Publisher {
     chains_properties: WriterProperties,
     edges_properties: WriterProperties,
     telemetry: Arc<Telemetry>,
-    last_seq: u64,
+    seq: FileSequence,
     checkpointed: Option<WalPosition>,
 }
 
@@ -82,7 +82,7 @@ impl Publisher {
             sink,
             wal_dir,
             telemetry,
-            last_seq: 0,
+            seq: FileSequence::default(),
             checkpointed: None,
         })
     }
@@ -200,21 +200,11 @@ impl Publisher {
         footer: &Option<(&str, String)>,
     ) -> Result<()> {
         let bytes = encode(batch, properties, footer)?;
-        let seq = self.next_seq();
+        let seq = self.seq.next_seq();
         let path = self.sink.publish(table, partition, seq, &bytes)?;
         self.telemetry
             .file_published(table, &path, batch.num_rows(), bytes.len());
         Ok(())
-    }
-
-    /// File sequence numbers: microseconds since the epoch, strictly increasing, so names sort
-    /// by publication across restarts without a scan of earlier files.
-    fn next_seq(&mut self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        self.last_seq = now.max(self.last_seq + 1);
-        self.last_seq
     }
 }
 

@@ -192,3 +192,20 @@ mod tests {
         assert_eq!(hidden, 0, "no temp file left behind");
     }
 }
+
+/// File sequence numbers: microseconds since the epoch, strictly increasing, so names sort by
+/// publication across restarts without a scan of earlier files. One per writer of files.
+#[derive(Debug, Default)]
+pub struct FileSequence {
+    last: u64,
+}
+
+impl FileSequence {
+    pub fn next_seq(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        self.last = now.max(self.last + 1);
+        self.last
+    }
+}
