@@ -5,91 +5,26 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use common::process::{Ports, sigkill, sigterm};
 
-struct Ports {
-    grpc: u16,
-    http: u16,
-}
-
+/// Small files and segments, so kills land before, during and after publications.
 fn start_server(dir: &Path, ports: &Ports, log_name: &str) -> Child {
-    let log = std::fs::File::create(dir.join(log_name)).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_idtrail"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--key-file")
-        .arg(dir.join("fp.key"))
-        .args(["--grpc-address", &format!("127.0.0.1:{}", ports.grpc)])
-        .args(["--http-address", &format!("127.0.0.1:{}", ports.http)])
-        // Small files and segments, so kills land before, during and after publications.
-        .args([
-            "--set",
-            "writer.max_file_age=300ms",
-            "--set",
-            "wal.segment_bytes=200000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn idtrail serve");
-    wait_ready(ports.http);
-    child
-}
-
-fn wait_ready(http_port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = format!("http://127.0.0.1:{http_port}/readyz");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    while Instant::now() < deadline {
-        let ready = runtime.block_on(async {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        });
-        if ready {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("idtrail serve did not become ready");
-}
-
-fn sigkill(child: &mut Child) {
-    child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
-    child.wait().expect("reap");
-}
-
-fn sigterm(child: &mut Child) {
-    let pid = child.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    let status = child.wait().expect("wait");
-    assert!(status.success(), "graceful shutdown exits 0: {status:?}");
+    common::process::start_server(
+        dir,
+        *ports,
+        log_name,
+        &["writer.max_file_age=300ms", "wal.segment_bytes=200000"],
+    )
 }
 
 #[test]
 fn acknowledged_spans_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let ports = Ports {
-        grpc: free_port(),
-        http: free_port(),
-    };
+    let ports = Ports::free();
     let ledger = dir.path().join("ledger.txt");
     let mut server = start_server(dir.path(), &ports, "serve-0.log");
     let generator = Command::new(env!("CARGO_BIN_EXE_idtrail"))

@@ -6,91 +6,27 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use common::process::{Ports, free_port, metric, sigkill, sigterm, wait_until};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
+// Traces stay open for 2 s: kills land while many sit in the buffer. Files every 300 ms: kills
+// also land between publishing chains and checkpointing the WAL.
 fn start_server(dir: &Path, grpc: u16, http: u16, log_name: &str) -> Child {
-    let log = std::fs::File::create(dir.join(log_name)).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_idtrail"))
-        .args(["serve", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--key-file")
-        .arg(dir.join("fp.key"))
-        .args(["--grpc-address", &format!("127.0.0.1:{grpc}")])
-        .args(["--http-address", &format!("127.0.0.1:{http}")])
-        // Traces stay open for 2 s: kills land while many sit in the buffer. Files every
-        // 300 ms: kills also land between publishing chains and checkpointing the WAL.
-        .args([
-            "--set",
+    common::process::start_server(
+        dir,
+        Ports { grpc, http },
+        log_name,
+        &[
             "stitcher.quiet_window=2s",
-            "--set",
             "writer.max_file_age=300ms",
-            "--set",
             "wal.segment_bytes=200000",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn idtrail serve");
-    wait_until(http, "/readyz", |status, _| status == 200);
-    child
-}
-
-/// Polls `path` on the HTTP port until `done(status, body)`.
-fn wait_until(http: u16, path: &str, done: impl Fn(u16, &str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = format!("http://127.0.0.1:{http}{path}");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    while Instant::now() < deadline {
-        let finished = runtime.block_on(async {
-            match reqwest::get(&url).await {
-                Ok(r) => {
-                    let status = r.status().as_u16();
-                    let body = r.text().await.unwrap_or_default();
-                    done(status, &body)
-                }
-                Err(_) => false,
-            }
-        });
-        if finished {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting on {path}");
-}
-
-fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-}
-
-fn sigkill(child: &mut Child) {
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-}
-
-fn sigterm(child: &mut Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
-    assert!(child.wait().expect("wait").success(), "graceful exit");
+        ],
+    )
 }
 
 fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
@@ -129,7 +65,7 @@ fn chains_survive_sigkill_exactly_once() {
     sigkill(&mut server);
     for round in 1..=3 {
         server = start_server(dir.path(), grpc, http, &format!("serve-{round}.log"));
-        wait_until(http, "/metrics", |_, body| {
+        wait_until(http, "/metrics", Duration::from_secs(60), |_, body| {
             metric(body, "idtrail_files_written_total{table=\"chains\"}").is_some_and(|n| n > 0.0)
         });
         sigkill(&mut server);
@@ -143,7 +79,7 @@ fn chains_survive_sigkill_exactly_once() {
     // A last kill with everything still open, then let the restarted server stitch it all.
     sigkill(&mut server);
     let mut server = start_server(dir.path(), grpc, http, "serve-last.log");
-    wait_until(http, "/metrics", |_, body| {
+    wait_until(http, "/metrics", Duration::from_secs(60), |_, body| {
         metric(body, "idtrail_stitch_buffer_spans") == Some(0.0)
             && metric(body, "idtrail_traces_stitched_total").is_some_and(|n| n > 0.0)
     });
