@@ -566,12 +566,25 @@ mod tests {
 
     fn writer(dir: &std::path::Path) -> SpanWriter {
         std::fs::create_dir_all(dir.join("wal")).unwrap();
-        SpanWriter::new(
+        writer_with(
             Arc::new(LocalDirSink::new(dir, "w")),
             dir.join("wal"),
+            &StitcherConfig::default(),
+        )
+    }
+
+    /// A writer with default writer and dedup settings over `sink`, checkpointing `wal_dir`.
+    fn writer_with(
+        sink: Arc<dyn TableSink>,
+        wal_dir: PathBuf,
+        stitcher: &StitcherConfig,
+    ) -> SpanWriter {
+        SpanWriter::new(
+            sink,
+            wal_dir,
             &WriterConfig::default(),
             &DedupConfig::default(),
-            &StitcherConfig::default(),
+            stitcher,
             Arc::new(Telemetry::new()),
         )
         .unwrap()
@@ -661,19 +674,15 @@ mod tests {
             inner: LocalDirSink::new(dir.path(), "w"),
             failing: std::sync::atomic::AtomicBool::new(true),
         });
-        let writer = SpanWriter::new(
+        // Stitching holds the checkpoint back for open traces; this test is about spans.
+        let writer = writer_with(
             sink.clone(),
             wal_dir.clone(),
-            &WriterConfig::default(),
-            &DedupConfig::default(),
-            // Stitching holds the checkpoint back for open traces; this test is about spans.
             &StitcherConfig {
                 enabled: false,
                 ..Default::default()
             },
-            Arc::new(Telemetry::new()),
-        )
-        .unwrap();
+        );
         let (handle, thread) = writer.spawn(4).unwrap();
         handle.durable(
             batch(1, 3),
@@ -749,15 +758,11 @@ mod tests {
             quiet_window: Duration::from_millis(300),
             ..Default::default()
         };
-        let writer = SpanWriter::new(
+        let writer = writer_with(
             Arc::new(LocalDirSink::new(dir.path(), "w")),
             wal_dir.clone(),
-            &WriterConfig::default(),
-            &DedupConfig::default(),
             &stitcher,
-            Arc::new(Telemetry::new()),
-        )
-        .unwrap();
+        );
         let (handle, thread) = writer.spawn(4).unwrap();
         handle.durable(
             batch(1, 3),
