@@ -27,6 +27,9 @@ enum Command {
     /// Rebuild the chains and edges tables from the stored spans (backfill, or after the
     /// stitcher changed). Refuses to run while a collector uses the data directory.
     Restitch(idtrail::restitch::RestitchArgs),
+    /// Run SQL over the stored tables: one statement, a file of them, or an interactive
+    /// prompt; locally (read-only, beside a running collector) or against `--server`.
+    Query(idtrail::query::QueryArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,11 +109,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             let config = args.config()?;
             init_logging(&config);
-            runtime.block_on(idtrail_collector::server::serve(
-                config,
-                shutdown_signal(),
-                |_| {},
-            ))?;
+            runtime.block_on(idtrail::serve::run(config, shutdown_signal()))?;
         }
         Command::Gen(args) => runtime.block_on(idtrail::workload::run(args))?,
         Command::Restitch(args) => {
@@ -118,6 +117,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(&config);
             idtrail::restitch::run(&args, &config)?;
         }
+        Command::Query(args) => std::process::exit(idtrail::query::run(args, &runtime)),
     }
     Ok(())
 }

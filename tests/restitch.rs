@@ -181,7 +181,7 @@ fn config_for(data_dir: &Path) -> Config {
 }
 
 fn files(data_dir: &Path, table: &str) -> Vec<PathBuf> {
-    idtrail_query::published_files(data_dir, table, None).expect("list files")
+    idtrail_schemas::layout::published_files(data_dir, table, None).expect("list files")
 }
 
 /// Every row of `table` as column → displayed value, sorted.

@@ -10,16 +10,16 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::process::{Ports, free_port, metric, sigkill, sigterm, wait_until};
+use common::process::{Ports, metric, sigkill, sigterm, wait_until};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 
 // Traces stay open for 2 s: kills land while many sit in the buffer. Files every 300 ms: kills
 // also land between publishing chains and checkpointing the WAL.
-fn start_server(dir: &Path, grpc: u16, http: u16, log_name: &str) -> Child {
+fn start_server(dir: &Path, ports: Ports, log_name: &str) -> Child {
     common::process::start_server(
         dir,
-        Ports { grpc, http },
+        ports,
         log_name,
         &[
             "stitcher.quiet_window=2s",
@@ -39,8 +39,9 @@ fn strings<'a>(batch: &'a RecordBatch, name: &str) -> &'a StringArray {
 #[test]
 fn chains_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (grpc, http) = (free_port(), free_port());
-    let mut server = start_server(dir.path(), grpc, http, "serve-0.log");
+    let ports = Ports::free();
+    let (grpc, http) = (ports.grpc, ports.http);
+    let mut server = start_server(dir.path(), ports, "serve-0.log");
     let generator = Command::new(env!("CARGO_BIN_EXE_idtrail"))
         .args(["gen", "--quiet", "--seed", "11", "--rate", "3000"])
         .args([
@@ -64,13 +65,13 @@ fn chains_survive_sigkill_exactly_once() {
     std::thread::sleep(Duration::from_millis(1500));
     sigkill(&mut server);
     for round in 1..=3 {
-        server = start_server(dir.path(), grpc, http, &format!("serve-{round}.log"));
+        server = start_server(dir.path(), ports, &format!("serve-{round}.log"));
         wait_until(http, "/metrics", Duration::from_secs(60), |_, body| {
             metric(body, "idtrail_files_written_total{table=\"chains\"}").is_some_and(|n| n > 0.0)
         });
         sigkill(&mut server);
     }
-    server = start_server(dir.path(), grpc, http, "serve-4.log");
+    server = start_server(dir.path(), ports, "serve-4.log");
     let output = generator.wait_with_output().expect("generator");
     assert!(output.status.success(), "generator failed");
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).expect("summary");
@@ -78,7 +79,7 @@ fn chains_survive_sigkill_exactly_once() {
 
     // A last kill with everything still open, then let the restarted server stitch it all.
     sigkill(&mut server);
-    let mut server = start_server(dir.path(), grpc, http, "serve-last.log");
+    let mut server = start_server(dir.path(), ports, "serve-last.log");
     wait_until(http, "/metrics", Duration::from_secs(60), |_, body| {
         metric(body, "idtrail_stitch_buffer_spans") == Some(0.0)
             && metric(body, "idtrail_traces_stitched_total").is_some_and(|n| n > 0.0)

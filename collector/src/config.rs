@@ -34,6 +34,8 @@ pub struct Config {
     pub dedup: DedupConfig,
     /// The trace buffer and the stitching of chains and edges.
     pub stitcher: StitcherConfig,
+    /// SQL over the tables: Flight SQL, `POST /v1/query` and `idtrail query`.
+    pub query: QueryConfig,
     /// Which OTel attributes fill which lineage columns.
     pub extraction: ExtractionConfig,
     /// Detection of secret-bearing attributes.
@@ -53,6 +55,7 @@ impl Default for Config {
             writer: WriterConfig::default(),
             dedup: DedupConfig::default(),
             stitcher: StitcherConfig::default(),
+            query: QueryConfig::default(),
             extraction: ExtractionConfig::default(),
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
@@ -192,6 +195,47 @@ impl Default for StitcherConfig {
             quiet_window: Duration::from_secs(30),
             late_window: Duration::from_secs(60),
             max_buffer_bytes: 512 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Arrow Flight SQL listen address inside `idtrail serve` (ADBC, JDBC/DBeaver, Grafana).
+    /// `null` turns Flight SQL off; `POST /v1/query` on the HTTP port stays.
+    pub flight_sql_address: Option<SocketAddr>,
+    /// File of bearer keys, one per line (`#` comments). When set, every query over Flight SQL
+    /// and HTTP must carry `Authorization: Bearer <key>`. Keys are compared in constant time
+    /// and never logged.
+    pub auth_keys_file: Option<PathBuf>,
+    /// Memory one query may hold in sorts, joins and aggregations; past it the query fails
+    /// with a clear error (nothing spills to disk).
+    pub memory_limit_bytes: usize,
+    /// Wall-clock limit of one query, planning and execution together.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest answer of `POST /v1/query` as JSON, in rows; Arrow IPC and Flight SQL stream
+    /// without this cap.
+    pub max_json_rows: usize,
+    /// Owner files (YAML or CSV) behind the `owners` table: who answers for an identity, and
+    /// until when. Re-read when they change.
+    pub owners_files: Vec<PathBuf>,
+    /// Grant files (YAML or CSV) behind the `grants` table: what an identity or scope may
+    /// reach. Potential blast radius follows them.
+    pub grants_files: Vec<PathBuf>,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            flight_sql_address: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
+            auth_keys_file: None,
+            memory_limit_bytes: 1 << 30,
+            timeout: Duration::from_secs(60),
+            max_json_rows: 100_000,
+            owners_files: Vec::new(),
+            grants_files: Vec::new(),
         }
     }
 }

@@ -47,8 +47,10 @@ pub fn lock_data_dir(config: &Config) -> Result<File> {
 }
 
 /// Runs the collector until `shutdown` resolves; `on_bound` learns the listening addresses.
+/// `extra_routes` are served on the HTTP port beside OTLP/HTTP (the query API, for one).
 pub async fn serve(
     config: Config,
+    extra_routes: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(BoundAddresses) + Send,
 ) -> Result<()> {
@@ -107,7 +109,7 @@ pub async fn serve(
             accepted_connections(grpc_listener),
             stopped(stop_rx.clone()),
         );
-    let http_server = axum::serve(http_listener, http::router(ingest.clone()))
+    let http_server = axum::serve(http_listener, http::router(ingest.clone()).merge(extra_routes))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(async move { http_server.await });

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod scenario;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ impl TestServer {
         let (bound_tx, bound_rx) = oneshot::channel::<BoundAddresses>();
         let task = tokio::spawn(serve(
             config,
+            axum::Router::new(),
             async move {
                 let _ = stopped.await;
             },
@@ -142,7 +144,7 @@ pub fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
 
 /// Every published spans file under `data_dir`.
 pub fn parquet_files(data_dir: &Path) -> Vec<PathBuf> {
-    idtrail_query::published_files(data_dir, "spans", None).expect("list spans files")
+    idtrail_schemas::layout::published_files(data_dir, "spans", None).expect("list spans files")
 }
 
 pub fn read_spans(data_dir: &Path) -> Vec<RecordBatch> {
@@ -151,7 +153,7 @@ pub fn read_spans(data_dir: &Path) -> Vec<RecordBatch> {
 
 /// Every row of `table` (spans, chains, edges) in its published files.
 pub fn read_table(data_dir: &Path, table: &str) -> Vec<RecordBatch> {
-    idtrail_query::published_files(data_dir, table, None)
+    idtrail_schemas::layout::published_files(data_dir, table, None)
         .unwrap_or_else(|e| panic!("listing {table} files: {e}"))
         .into_iter()
         .flat_map(|path| {

@@ -18,6 +18,8 @@ pub fn free_port() -> u16 {
 pub struct Ports {
     pub grpc: u16,
     pub http: u16,
+    /// Arrow Flight SQL.
+    pub flight: u16,
 }
 
 impl Ports {
@@ -25,6 +27,7 @@ impl Ports {
         Ports {
             grpc: free_port(),
             http: free_port(),
+            flight: free_port(),
         }
     }
 }
@@ -40,7 +43,11 @@ pub fn start_server(dir: &Path, ports: Ports, log_name: &str, settings: &[&str])
         .arg("--key-file")
         .arg(dir.join("fp.key"))
         .args(["--grpc-address", &format!("127.0.0.1:{}", ports.grpc)])
-        .args(["--http-address", &format!("127.0.0.1:{}", ports.http)]);
+        .args(["--http-address", &format!("127.0.0.1:{}", ports.http)])
+        .args([
+            "--set",
+            &format!("query.flight_sql_address=127.0.0.1:{}", ports.flight),
+        ]);
     for setting in settings {
         command.args(["--set", setting]);
     }

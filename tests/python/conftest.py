@@ -78,11 +78,17 @@ class Server:
     log_path: Path
     _log_file: object = field(repr=False, default=None)
     exit_code: int | None = None
+    flight_port: int | None = None
 
     @property
     def grpc_endpoint(self) -> str:
         """host:port, for the gRPC exporter (with insecure=True)."""
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def flight_uri(self) -> str:
+        """Arrow Flight SQL, for ADBC's `adbc_driver_flightsql.dbapi.connect`."""
+        return f"grpc://127.0.0.1:{self.flight_port}"
 
     @property
     def http_base(self) -> str:
@@ -156,7 +162,8 @@ def start_server(
         key_file = key_dir / "fp.key"
     last_error = ""
     for attempt in range(attempts):
-        grpc_port, http_port = free_ports(2)
+        # Flight SQL gets a free port too: its default (50051) would collide between servers.
+        grpc_port, http_port, flight_port = free_ports(3)
         log_path = tmp_path / f"idtrail-{attempt}.log"
         log_file = open(log_path, "wb")
         env = dict(os.environ)
@@ -172,6 +179,7 @@ def start_server(
                 "--http-address", f"127.0.0.1:{http_port}",
                 "--key-file", str(key_file),
                 "--set", f"writer.max_file_age={MAX_FILE_AGE}",
+                "--set", f"query.flight_sql_address=127.0.0.1:{flight_port}",
                 *extra_args,
             ],
             stdout=log_file,
@@ -179,7 +187,10 @@ def start_server(
             stdin=subprocess.DEVNULL,
             env=env,
         )
-        server = Server(proc, grpc_port, http_port, data_dir, key_file, log_path, log_file)
+        server = Server(
+            proc, grpc_port, http_port, data_dir, key_file, log_path, log_file,
+            flight_port=flight_port,
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:

@@ -27,7 +27,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-pub use idtrail_query::TimeRange;
+pub use idtrail_schemas::layout::TimeRange;
 use idtrail_schemas::layout::{HOUR_NANOS, Partition};
 use idtrail_schemas::{chains, edges as edges_table, spans};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -184,7 +184,7 @@ impl Plan {
             start: r.start.saturating_sub(HOUR_NANOS),
             end: r.end.saturating_add(HOUR_NANOS),
         });
-        let paths = idtrail_query::published_files(data_dir, spans::TABLE, context)
+        let paths = idtrail_schemas::layout::published_files(data_dir, spans::TABLE, context)
             .map_err(|e| Error::io(format!("listing spans files in {}", data_dir.display()), e))?;
         let mut plan = Plan {
             partitions: BTreeMap::new(),
@@ -643,7 +643,7 @@ mod tests {
     /// `(effect span id, user)` of every chain, with the partition it is in.
     fn chains_by_partition(data_dir: &Path) -> Vec<(String, String, Option<String>)> {
         let mut out = Vec::new();
-        for path in idtrail_query::published_files(data_dir, chains::TABLE, None).unwrap() {
+        for path in idtrail_schemas::layout::published_files(data_dir, chains::TABLE, None).unwrap() {
             if fs::read(&path).unwrap() == b"old" {
                 continue;
             }
@@ -753,7 +753,7 @@ mod tests {
             )],
             "the 10:10 write is charged to alice, whose span is in the context hour"
         );
-        let written = idtrail_query::published_files(data, chains::TABLE, None).unwrap();
+        let written = idtrail_schemas::layout::published_files(data, chains::TABLE, None).unwrap();
         let new = written.iter().find(|p| **p != old_09).unwrap();
         assert_eq!(
             footer_of(new, STITCHED_THROUGH_KEY).as_deref(),

@@ -1,0 +1,53 @@
+//! `idtrail serve`: the collector, with the query front ends beside it — `POST /v1/query` on
+//! the HTTP port and Arrow Flight SQL on `query.flight_sql_address`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use idtrail_collector::Config;
+use idtrail_query::auth::BearerKeys;
+use idtrail_query::{QueryEngine, QueryOptions};
+use tokio::sync::watch;
+
+/// Runs collector and query servers until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let engine = QueryEngine::new(QueryOptions::from_config(
+        config.data_dir.clone(),
+        &config.query,
+    ))
+    .await
+    .context("starting the query engine")?;
+    let auth = match &config.query.auth_keys_file {
+        Some(path) => Some(Arc::new(BearerKeys::load(path)?)),
+        None => None,
+    };
+    let routes = idtrail_query::http::router(engine.clone(), auth.clone(), config.query.max_json_rows);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let flight = match config.query.flight_sql_address {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding Flight SQL to {address}"))?;
+            tracing::info!(flight_sql = %address, "Flight SQL listening");
+            let mut stopped = stop_rx.clone();
+            let server = idtrail_query::flight_sql::serve(listener, engine.clone(), auth.clone(), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            Some(tokio::spawn(server))
+        }
+        None => None,
+    };
+
+    let collected = idtrail_collector::server::serve(config, routes, shutdown, |_| {}).await;
+    let _ = stop_tx.send(true);
+    if let Some(flight) = flight {
+        match flight.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "Flight SQL server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "Flight SQL server panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    Ok(collected?)
+}

@@ -1,0 +1,265 @@
+//! Golden SQL tests: every `tests/sql/*.slt` file (sqllogictest format) runs against one fixed
+//! data set, built by sending every scenario under `tests/scenarios/stitch/` and
+//! `tests/scenarios/sql/` through a real collector over OTLP/HTTP, with the owners and grants of
+//! `tests/sql/owners.yaml` and `tests/sql/grants.csv`.
+//!
+//! Ids and fingerprints differ between runs (the fingerprint key is new each time), so answers
+//! show them by the names the scenarios gave them — `scenario/name` for traces and spans,
+//! `fp(scenario/secret)` for credentials — and SQL refers to them as `{{trace:scenario/name}}`,
+//! `{{span:scenario/name}}` and `{{fp:scenario/secret}}`.
+//!
+//! Regenerate the expected answers after an intended change with
+//! `IDTRAIL_BLESS=1 cargo test --test sql_golden`, then review the diff.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use async_trait::async_trait;
+use common::TestServer;
+use common::scenario::{self, Names, name_fingerprints, wait_stitched};
+use idtrail_query::{QueryEngine, QueryError, QueryOptions};
+use sqllogictest::{DBOutput, DefaultColumnType};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("scenario dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Names of the data set: hex → name for answers, `{{kind:name}}` → hex for SQL.
+#[derive(Default)]
+struct Symbols {
+    to_name: Vec<(String, String)>,
+    to_hex: HashMap<String, String>,
+}
+
+impl Symbols {
+    fn add(&mut self, names: &Names) {
+        for (hex, name) in &names.by_hex {
+            self.to_name.push((hex.clone(), name.clone()));
+            let kind = if name.starts_with("fp(") {
+                "fp"
+            } else if hex.len() == 32 {
+                "trace"
+            } else {
+                "span"
+            };
+            let bare = name
+                .strip_prefix("fp(")
+                .and_then(|n| n.strip_suffix(')'))
+                .unwrap_or(name);
+            self.to_hex.insert(format!("{{{{{kind}:{bare}}}}}"), hex.clone());
+        }
+    }
+
+    fn substitute(&self, sql: &str) -> String {
+        let mut out = sql.to_string();
+        while let Some(start) = out.find("{{") {
+            let Some(len) = out[start..].find("}}") else {
+                break;
+            };
+            let token = &out[start..start + len + 2];
+            let hex = self
+                .to_hex
+                .get(token)
+                .unwrap_or_else(|| panic!("unknown name {token} in golden SQL"));
+            out = out.replacen(token, hex, 1);
+        }
+        out
+    }
+
+    fn symbolize(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for (hex, name) in &self.to_name {
+            if out.contains(hex.as_str()) {
+                out = out.replace(hex.as_str(), name);
+            }
+        }
+        out
+    }
+}
+
+struct DataSet {
+    _dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    symbols: Arc<Symbols>,
+}
+
+async fn build_data_set() -> DataSet {
+    let server = TestServer::start(&[
+        ("stitcher.quiet_window", "300ms"),
+        ("writer.max_file_age", "100ms"),
+    ])
+    .await;
+    let mut played = Vec::new();
+    for dir in ["tests/scenarios/stitch", "tests/scenarios/sql"] {
+        for path in yaml_files(&root().join(dir)) {
+            let stem = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .expect("file name")
+                .to_string();
+            let (scenario, secrets) =
+                scenario::load(&path, Some("# ---- expected (regenerate with IDTRAIL_BLESS=1) ----"));
+            let mut names = Names {
+                prefix: format!("{stem}/"),
+                ..Names::default()
+            };
+            scenario::play(&server, &scenario, &mut names, &secrets).await;
+            played.push((scenario, names));
+        }
+    }
+    wait_stitched(&server).await;
+    let dir = server.stop().await;
+    let data_dir = dir.path().join("data");
+    let mut symbols = Symbols::default();
+    for (scenario, mut names) in played {
+        name_fingerprints(&data_dir, &scenario, &mut names);
+        symbols.add(&names);
+    }
+    DataSet {
+        _dir: dir,
+        data_dir,
+        symbols: Arc::new(symbols),
+    }
+}
+
+/// The engine under test, as sqllogictest sees it.
+struct Idtrail {
+    engine: QueryEngine,
+    symbols: Arc<Symbols>,
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for Idtrail {
+    type Error = QueryError;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, QueryError> {
+        let sql = self.symbols.substitute(sql);
+        let (schema, batches) = self.engine.sql(&sql, Vec::new()).await?;
+        if schema.fields().is_empty() {
+            return Ok(DBOutput::StatementComplete(0));
+        }
+        let types = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                t if t.is_integer() => DefaultColumnType::Integer,
+                DataType::Float16 | DataType::Float32 | DataType::Float64 => {
+                    DefaultColumnType::FloatingPoint
+                }
+                DataType::Decimal128(..) | DataType::Decimal256(..) => {
+                    DefaultColumnType::FloatingPoint
+                }
+                _ => DefaultColumnType::Text,
+            })
+            .collect();
+        Ok(DBOutput::Rows {
+            types,
+            rows: self.rows(&batches),
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "idtrail"
+    }
+
+    async fn sleep(duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+impl Idtrail {
+    fn rows(&self, batches: &[RecordBatch]) -> Vec<Vec<String>> {
+        let options = FormatOptions::default().with_null("NULL");
+        let mut rows = Vec::new();
+        for batch in batches {
+            let formatters: Vec<ArrayFormatter> = batch
+                .columns()
+                .iter()
+                .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).expect("formatter"))
+                .collect();
+            for row in 0..batch.num_rows() {
+                rows.push(
+                    formatters
+                        .iter()
+                        .map(|f| {
+                            let text = f.value(row).to_string();
+                            if text.is_empty() {
+                                "(empty)".to_string()
+                            } else {
+                                self.symbols.symbolize(&text)
+                            }
+                        })
+                        .collect(),
+                );
+            }
+        }
+        rows
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_sql_files_answer_as_recorded() {
+    let data = build_data_set().await;
+    let options = QueryOptions {
+        data_dir: data.data_dir.clone(),
+        memory_limit_bytes: 256 << 20,
+        timeout: std::time::Duration::from_secs(60),
+        owners_files: vec![root().join("tests/sql/owners.yaml")],
+        grants_files: vec![root().join("tests/sql/grants.csv")],
+    };
+    let engine = QueryEngine::new(options).await.expect("engine");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/sql"))
+        .expect("tests/sql")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files under tests/sql");
+    let bless = std::env::var_os("IDTRAIL_BLESS").is_some();
+    let mut failures = Vec::new();
+    for file in files {
+        let engine = engine.clone();
+        let symbols = data.symbols.clone();
+        let mut runner = sqllogictest::Runner::new(move || {
+            let db = Idtrail {
+                engine: engine.clone(),
+                symbols: symbols.clone(),
+            };
+            async move { Ok(db) }
+        });
+        if bless {
+            runner
+                .update_test_file(
+                    &file,
+                    " ",
+                    sqllogictest::default_validator,
+                    sqllogictest::default_normalizer,
+                    sqllogictest::default_column_validator,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        } else if let Err(e) = runner.run_file_async(&file).await {
+            failures.push(format!("{}: {}", file.display(), e.display(true)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
