@@ -68,7 +68,12 @@ pub struct QueryArgs {
     pub server: Option<String>,
     /// Bearer key for --server, one of the collector's query.auth_keys_file (prefer the
     /// environment variable: arguments show in the process list).
-    #[arg(long, env = "IDTRAIL_QUERY_TOKEN", hide_env_values = true, value_name = "KEY")]
+    #[arg(
+        long,
+        env = "IDTRAIL_QUERY_TOKEN",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
     pub token: Option<String>,
     /// YAML config file, the collector's: its data_dir and query section (memory limit,
     /// timeout, owners and grants files).
@@ -151,8 +156,7 @@ fn run_inner(args: &QueryArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         (Some(sql), _) => Some(sql.clone()),
         (None, Some(path)) if path.as_os_str() == "-" => Some(read_stdin()?),
         (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?,
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
         ),
         (None, None) if args.interactive || stdin_is_terminal => None,
         (None, None) => Some(read_stdin()?),
@@ -336,7 +340,9 @@ impl Backend {
                     bail!("{}", remote_error(status, &bytes));
                 }
                 if !is_arrow {
-                    bail!("{url} did not answer with an Arrow IPC stream (is it an idtrail collector?)");
+                    bail!(
+                        "{url} did not answer with an Arrow IPC stream (is it an idtrail collector?)"
+                    );
                 }
                 let reader =
                     arrow::ipc::reader::StreamReader::try_new(io::Cursor::new(bytes), None)
@@ -386,12 +392,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// text given is bound as it is, so `--param 42` matches the user id "42".
 pub fn param_value(raw: &str, hint: Option<&DataType>) -> Value {
     let parsed = serde_json::from_str::<Value>(raw.trim()).ok();
-    let is_text = hint.is_some_and(|t| {
-        matches!(
-            t,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        )
-    });
+    let is_text = hint
+        .is_some_and(|t| matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View));
     match parsed {
         Some(Value::String(s)) => Value::String(s),
         _ if is_text => Value::String(raw.to_string()),
@@ -441,7 +443,9 @@ impl Output {
             )),
             None => {
                 if args.format == Format::Parquet && io::stdout().is_terminal() {
-                    bail!("--format parquet is binary: pass --output FILE, or redirect standard output");
+                    bail!(
+                        "--format parquet is binary: pass --output FILE, or redirect standard output"
+                    );
                 }
                 Box::new(BufWriter::new(io::stdout()))
             }
@@ -558,9 +562,7 @@ impl<'a> Sink<'a> {
                 wrote,
             } => {
                 let schema = schema.clone().context("CSV rows before the schema")?;
-                writer
-                    .write(&csv_batch(&schema, batch)?)
-                    .context(writing)?;
+                writer.write(&csv_batch(&schema, batch)?).context(writing)?;
                 *rows += batch.num_rows();
                 *wrote = true;
             }
@@ -595,8 +597,9 @@ impl<'a> Sink<'a> {
             } => {
                 let rows = batches.iter().map(RecordBatch::num_rows).sum();
                 let schema = schema.unwrap_or_else(|| Arc::new(Schema::empty()));
-                let table = arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)
-                    .context("formatting the table")?;
+                let table =
+                    arrow::util::pretty::pretty_format_batches_with_schema(schema, &batches)
+                        .context("formatting the table")?;
                 writeln!(out, "{table}").context(writing)?;
                 Ok(rows)
             }
@@ -712,9 +715,8 @@ fn scan(text: &str) -> (Vec<Statement>, usize, bool) {
         match b[i] {
             b'\'' => {
                 // E'…' strings escape with backslashes; standard ones only double the quote.
-                let backslashes = i > 0
-                    && matches!(b[i - 1], b'e' | b'E')
-                    && (i < 2 || !is_word_byte(b[i - 2]));
+                let backslashes =
+                    i > 0 && matches!(b[i - 1], b'e' | b'E') && (i < 2 || !is_word_byte(b[i - 2]));
                 i = skip_quoted(b, i, b'\'', backslashes);
                 content = true;
             }
@@ -1007,6 +1009,9 @@ fn repl(
             run_interactive(session, &statement.sql, output, runtime);
         }
     }
+    if !buffer.trim().is_empty() {
+        eprintln!("the unfinished statement was not run (end statements with ';')");
+    }
     if let Some(path) = &history {
         let saved = prepare_history_file(path)
             .map_err(ReadlineError::from)
@@ -1069,12 +1074,17 @@ mod tests {
         assert_eq!(
             sqls("SELECT 'it''s; fine', E'\\'; still', $$ x; $$, $tag$ ; $tag$, $1;"),
             (
-                vec!["SELECT 'it''s; fine', E'\\'; still', $$ x; $$, $tag$ ; $tag$, $1".to_string()],
+                vec![
+                    "SELECT 'it''s; fine', E'\\'; still', $$ x; $$, $tag$ ; $tag$, $1".to_string()
+                ],
                 None
             )
         );
         assert_eq!(sqls(" ; -- only a comment\n;\n"), (vec![], None));
-        assert_eq!(sqls("SELECT 'open; quote"), (vec![], Some("SELECT 'open; quote".into())));
+        assert_eq!(
+            sqls("SELECT 'open; quote"),
+            (vec![], Some("SELECT 'open; quote".into()))
+        );
     }
 
     #[test]

@@ -11,7 +11,10 @@ use idtrail_query::{QueryEngine, QueryOptions};
 use tokio::sync::watch;
 
 /// Runs collector and query servers until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let engine = QueryEngine::new(QueryOptions::from_config(
         config.data_dir.clone(),
         &config.query,
@@ -22,7 +25,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
         Some(path) => Some(Arc::new(BearerKeys::load(path)?)),
         None => None,
     };
-    let routes = idtrail_query::http::router(engine.clone(), auth.clone(), config.query.max_json_rows);
+    let routes =
+        idtrail_query::http::router(engine.clone(), auth.clone(), config.query.max_json_rows);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let flight = match config.query.flight_sql_address {
@@ -32,9 +36,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
                 .with_context(|| format!("binding Flight SQL to {address}"))?;
             tracing::info!(flight_sql = %address, "Flight SQL listening");
             let mut stopped = stop_rx.clone();
-            let server = idtrail_query::flight_sql::serve(listener, engine.clone(), auth.clone(), async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
+            let server = idtrail_query::flight_sql::serve(
+                listener,
+                engine.clone(),
+                auth.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            );
             Some(tokio::spawn(server))
         }
         None => None,

@@ -51,7 +51,12 @@ fn traffic() -> Vec<ExportTraceServiceRequest> {
             "shop-api",
             vec![
                 at(
-                    span(&alice, &[1; 8], "POST /cleanup", vec![text("user.id", "alice")]),
+                    span(
+                        &alice,
+                        &[1; 8],
+                        "POST /cleanup",
+                        vec![text("user.id", "alice")],
+                    ),
                     0,
                     SERVER,
                     None,
@@ -181,7 +186,8 @@ fn failed(output: &Output) -> String {
     stderr
 }
 
-const CHAINS: &str = "SELECT user_id, effect_operation, effect_target, agents FROM chains ORDER BY user_id";
+const CHAINS: &str =
+    "SELECT user_id, effect_operation, effect_target, agents FROM chains ORDER BY user_id";
 
 #[tokio::test]
 async fn every_format_prints_the_answer() {
@@ -202,7 +208,10 @@ async fn every_format_prints_the_answer() {
     assert!(printed.contains("| alice "), "{printed}");
     assert!(printed.contains("[planner]"), "{printed}");
     let stderr = String::from_utf8_lossy(&table.stderr);
-    assert!(stderr.contains("2 rows in ") && stderr.contains(" ms"), "{stderr}");
+    assert!(
+        stderr.contains("2 rows in ") && stderr.contains(" ms"),
+        "{stderr}"
+    );
 
     let json: serde_json::Value =
         serde_json::from_str(&ok(&local(&data, &["--format", "json", CHAINS]))).expect("JSON");
@@ -236,10 +245,11 @@ async fn every_format_prints_the_answer() {
         ],
     );
     assert_eq!(ok(&written), "", "parquet goes to the file");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).expect("open"))
-        .expect("a Parquet file")
-        .build()
-        .expect("reader");
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).expect("open"))
+            .expect("a Parquet file")
+            .build()
+            .expect("reader");
     let batches: Vec<_> = reader.map(|b| b.expect("batch")).collect();
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
     assert_eq!(batches[0].schema().field(1).name(), "name");
@@ -255,7 +265,10 @@ async fn parameters_bind_in_order() {
     let data = dir.path().join("data");
     let by_user = "SELECT effect_target FROM chains WHERE user_id = $1";
     assert_eq!(
-        ok(&local(&data, &["--format", "csv", "--param", "bob", by_user])),
+        ok(&local(
+            &data,
+            &["--format", "csv", "--param", "bob", by_user]
+        )),
         "effect_target\nbilling.payments\n"
     );
     // `?` placeholders, a number and a text compared with a text column.
@@ -275,7 +288,15 @@ async fn parameters_bind_in_order() {
     assert_eq!(
         ok(&local(
             &data,
-            &["--format", "csv", "-p", "41", "-p", "\"x\"", "SELECT $1 + 1 AS n, $2 AS s"]
+            &[
+                "--format",
+                "csv",
+                "-p",
+                "41",
+                "-p",
+                "\"x\"",
+                "SELECT $1 + 1 AS n, $2 AS s"
+            ]
         )),
         "n,s\n42,x\n"
     );
@@ -321,7 +342,14 @@ async fn statements_come_from_a_file_or_standard_input() {
     let file = dir.path().join("script.sql");
     std::fs::write(&file, script).expect("write script");
     let from_file = query(
-        &["--data-dir", d, "--format", "csv", "-f", file.to_str().expect("utf-8")],
+        &[
+            "--data-dir",
+            d,
+            "--format",
+            "csv",
+            "-f",
+            file.to_str().expect("utf-8"),
+        ],
         "",
         dir.path(),
     );
@@ -375,7 +403,10 @@ async fn the_prompt_runs_statements_and_commands_and_survives_errors() {
     assert!(stderr.contains("read-only"), "{stderr}");
     assert!(stderr.contains("unknown command"), "{stderr}");
     assert!(stdout.contains(",chains,"), "SHOW TABLES: {stdout}");
-    assert!(stdout.contains("effect_target,"), "DESCRIBE chains: {stdout}");
+    assert!(
+        stdout.contains("effect_target,"),
+        "DESCRIBE chains: {stdout}"
+    );
     assert!(!stdout.contains("after quit"), "{stdout}");
 
     let history = std::fs::read_to_string(state.join("idtrail").join("query_history"))
@@ -389,9 +420,12 @@ async fn the_prompt_runs_statements_and_commands_and_survives_errors() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[tokio::test]
-async fn a_running_collector_answers_as_the_files_do() {
-    let dir = populated().await;
+#[test]
+fn a_running_collector_answers_as_the_files_do() {
+    // Not a tokio test: the process helpers block on runtimes of their own.
+    let dir = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(populated());
     let data = dir.path().join("data");
     let keys = dir.path().join("query.keys");
     std::fs::write(&keys, "# test key\nsecret-query-key-1\n").expect("keys file");
@@ -423,14 +457,23 @@ async fn a_running_collector_answers_as_the_files_do() {
     let key = Some("secret-query-key-1");
     assert_eq!(ok(&remote(&["--format", "csv", sql], key)), here);
     assert_eq!(
-        ok(&remote(&["--format", "csv", "--token", "secret-query-key-1", sql], None)),
+        ok(&remote(
+            &["--format", "csv", "--token", "secret-query-key-1", sql],
+            None
+        )),
         here
     );
     let table = ok(&remote(&[sql], key));
     assert_eq!(table, ok(&local(&data, &[sql])));
     assert_eq!(
         ok(&remote(
-            &["--format", "csv", "-p", "bob", "SELECT effect_target FROM chains WHERE user_id = $1"],
+            &[
+                "--format",
+                "csv",
+                "-p",
+                "bob",
+                "SELECT effect_target FROM chains WHERE user_id = $1"
+            ],
             key
         )),
         "effect_target\nbilling.payments\n"
@@ -439,7 +482,10 @@ async fn a_running_collector_answers_as_the_files_do() {
     let refused = failed(&remote(&["DROP TABLE spans"], key));
     assert!(refused.contains("read-only"), "{refused}");
     let unauthenticated = failed(&remote(&["SELECT 1"], None));
-    assert!(unauthenticated.contains("unauthenticated"), "{unauthenticated}");
+    assert!(
+        unauthenticated.contains("unauthenticated"),
+        "{unauthenticated}"
+    );
     let wrong = failed(&remote(&["SELECT 1"], Some("wrong-key")));
     assert!(!wrong.contains("wrong-key"), "{wrong}");
 
@@ -447,5 +493,8 @@ async fn a_running_collector_answers_as_the_files_do() {
     let gone = failed(&remote(&["SELECT 1"], key));
     assert!(gone.contains("cannot reach"), "{gone}");
     let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
-    assert!(!log.contains("secret-query-key-1"), "the key is never logged");
+    assert!(
+        !log.contains("secret-query-key-1"),
+        "the key is never logged"
+    );
 }

@@ -62,7 +62,8 @@ impl Symbols {
                 .strip_prefix("fp(")
                 .and_then(|n| n.strip_suffix(')'))
                 .unwrap_or(name);
-            self.to_hex.insert(format!("{{{{{kind}:{bare}}}}}"), hex.clone());
+            self.to_hex
+                .insert(format!("{{{{{kind}:{bare}}}}}"), hex.clone());
         }
     }
 
@@ -113,8 +114,10 @@ async fn build_data_set() -> DataSet {
                 .and_then(|s| s.to_str())
                 .expect("file name")
                 .to_string();
-            let (scenario, secrets) =
-                scenario::load(&path, Some("# ---- expected (regenerate with IDTRAIL_BLESS=1) ----"));
+            let (scenario, secrets) = scenario::load(
+                &path,
+                Some("# ---- expected (regenerate with IDTRAIL_BLESS=1) ----"),
+            );
             let mut names = Names {
                 prefix: format!("{stem}/"),
                 ..Names::default()

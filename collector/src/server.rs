@@ -109,8 +109,11 @@ pub async fn serve(
             accepted_connections(grpc_listener),
             stopped(stop_rx.clone()),
         );
-    let http_server = axum::serve(http_listener, http::router(ingest.clone()).merge(extra_routes))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let http_server = axum::serve(
+        http_listener,
+        http::router(ingest.clone()).merge(extra_routes),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
     let http_task = tokio::spawn(async move { http_server.await });
 

@@ -7,15 +7,15 @@
 //! ```
 //! `scripts/bench-query` fills a data directory with `idtrail gen` first.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, AsArray};
 use idtrail_query::{QueryEngine, QueryOptions};
 
-fn options(data_dir: &PathBuf) -> QueryOptions {
+fn options(data_dir: &Path) -> QueryOptions {
     QueryOptions {
-        data_dir: data_dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         memory_limit_bytes: 4 << 30,
         timeout: Duration::from_secs(600),
         owners_files: Vec::new(),
@@ -31,7 +31,11 @@ async fn first_value(engine: &QueryEngine, sql: &str) -> Vec<String> {
             let column = arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8)
                 .expect("cast");
             let strings = column.as_string::<i32>();
-            if strings.is_null(0) { String::new() } else { strings.value(0).to_string() }
+            if strings.is_null(0) {
+                String::new()
+            } else {
+                strings.value(0).to_string()
+            }
         })
         .collect()
 }
@@ -39,12 +43,18 @@ async fn first_value(engine: &QueryEngine, sql: &str) -> Vec<String> {
 async fn run(engine: &QueryEngine, sql: &str) -> (Duration, usize) {
     let started = Instant::now();
     let (_, batches) = engine.sql(sql, Vec::new()).await.expect(sql);
-    (started.elapsed(), batches.iter().map(|b| b.num_rows()).sum())
+    (
+        started.elapsed(),
+        batches.iter().map(|b| b.num_rows()).sum(),
+    )
 }
 
 #[tokio::main]
 async fn main() {
-    let data_dir: PathBuf = std::env::args().nth(1).expect("usage: bench_queries DATA_DIR").into();
+    let data_dir: PathBuf = std::env::args()
+        .nth(1)
+        .expect("usage: bench_queries DATA_DIR")
+        .into();
     let setup = QueryEngine::new(options(&data_dir)).await.expect("engine");
 
     let totals = first_value(
@@ -52,7 +62,10 @@ async fn main() {
         "SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM chains), (SELECT count(*) FROM edges)",
     )
     .await;
-    println!("data: {} spans, {} chain rows, {} edge rows", totals[0], totals[1], totals[2]);
+    println!(
+        "data: {} spans, {} chain rows, {} edge rows",
+        totals[0], totals[1], totals[2]
+    );
 
     // Inputs: the busiest credential, one write's chain, the user who reaches most.
     let credential = first_value(

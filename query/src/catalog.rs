@@ -37,8 +37,7 @@ pub async fn register_all(
     let runtime = ctx.runtime_env();
     let spans_table = listing_table(data_dir, spans::TABLE, spans::schema(), &runtime)?;
     let chains_table = listing_table(data_dir, chains::TABLE, chains::schema(), &runtime)?;
-    let edges_table =
-        listing_table(data_dir, edges::TABLE, edges::schema(), &runtime)?;
+    let edges_table = listing_table(data_dir, edges::TABLE, edges::schema(), &runtime)?;
     let register = |name: &str, table: Arc<dyn datafusion::catalog::TableProvider>| {
         ctx.register_table(name, table)
             .map(|_| ())

@@ -215,10 +215,18 @@ impl DeclaredFiles {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         match (self.kind, is_csv) {
-            (DeclaredKind::Owners, true) => into.owners.extend(from_csv(&text).map_err(|e| QueryError::storage(context(), e))?),
-            (DeclaredKind::Grants, true) => into.grants.extend(from_csv(&text).map_err(|e| QueryError::storage(context(), e))?),
-            (DeclaredKind::Owners, false) => into.owners.extend(from_yaml(&text, "owners").map_err(|e| QueryError::storage(context(), e))?),
-            (DeclaredKind::Grants, false) => into.grants.extend(from_yaml(&text, "grants").map_err(|e| QueryError::storage(context(), e))?),
+            (DeclaredKind::Owners, true) => into
+                .owners
+                .extend(from_csv(&text).map_err(|e| QueryError::storage(context(), e))?),
+            (DeclaredKind::Grants, true) => into
+                .grants
+                .extend(from_csv(&text).map_err(|e| QueryError::storage(context(), e))?),
+            (DeclaredKind::Owners, false) => into
+                .owners
+                .extend(from_yaml(&text, "owners").map_err(|e| QueryError::storage(context(), e))?),
+            (DeclaredKind::Grants, false) => into
+                .grants
+                .extend(from_yaml(&text, "grants").map_err(|e| QueryError::storage(context(), e))?),
         }
         Ok(())
     }
@@ -235,7 +243,9 @@ impl DeclaredFiles {
                     strings(o.iter().map(|r| r.kind.as_str()).collect()),
                     strings(o.iter().map(|r| r.id.as_str()).collect()),
                     strings(o.iter().map(|r| r.owner.as_str()).collect()),
-                    Arc::new(BooleanArray::from(o.iter().map(|r| r.approved).collect::<Vec<_>>())),
+                    Arc::new(BooleanArray::from(
+                        o.iter().map(|r| r.approved).collect::<Vec<_>>(),
+                    )),
                     times(o.iter().map(|r| r.expires_at).collect()),
                     times(o.iter().map(|r| r.revoked_at).collect()),
                 ]
@@ -250,8 +260,9 @@ impl DeclaredFiles {
                 ]
             }
         };
-        RecordBatch::try_new(self.kind.schema(), columns)
-            .map_err(|e| QueryError::storage(format!("building the {} table", self.kind.table()), e))
+        RecordBatch::try_new(self.kind.schema(), columns).map_err(|e| {
+            QueryError::storage(format!("building the {} table", self.kind.table()), e)
+        })
     }
 }
 
@@ -317,7 +328,8 @@ impl TableProvider for DeclaredTable {
             .files
             .load_with_batch()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+        let exec =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
         Ok(exec)
     }
 }
@@ -346,7 +358,11 @@ mod tests {
         )
         .unwrap();
         let csv = dir.path().join("owners.csv");
-        std::fs::write(&csv, "kind,id,owner,approved,expires_at,revoked_at\nworkload,batch,ops,false,,\n").unwrap();
+        std::fs::write(
+            &csv,
+            "kind,id,owner,approved,expires_at,revoked_at\nworkload,batch,ops,false,,\n",
+        )
+        .unwrap();
         let files = DeclaredFiles::new(DeclaredKind::Owners, vec![yaml.clone(), csv]);
         let loaded = files.load().unwrap();
         assert_eq!(loaded.owners.len(), 2);
@@ -354,7 +370,11 @@ mod tests {
         assert!(!loaded.owners[0].vouches_at(1_900_000_000_000_000_000));
         assert!(!loaded.owners[1].vouches_at(0));
 
-        std::fs::write(&yaml, "- {kind: agent, id: a, owner: b}\n- {kind: agent, id: c, owner: d}\n").unwrap();
+        std::fs::write(
+            &yaml,
+            "- {kind: agent, id: a, owner: b}\n- {kind: agent, id: c, owner: d}\n",
+        )
+        .unwrap();
         assert_eq!(files.load().unwrap().owners.len(), 3);
 
         std::fs::write(&yaml, "- {kind: agent, id: a, owner: b, colour: red}\n").unwrap();

@@ -169,7 +169,9 @@ impl QueryEngine {
         let runtime = RuntimeEnvBuilder::new()
             // No list cache: a file published a moment ago is in the next query.
             .with_object_list_cache_limit(0)
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(|e| QueryError::storage("building the query runtime", e))?;
         let state = SessionStateBuilder::new()
@@ -210,7 +212,9 @@ impl QueryEngine {
         let planning = state.create_logical_plan(&sql);
         let plan = match tokio::time::timeout_at(deadline, planning).await {
             Err(_) => return Err(QueryError::Timeout(self.options.timeout)),
-            Ok(plan) => plan.map_err(|e| QueryError::from_datafusion(e, self.options.memory_limit_bytes))?,
+            Ok(plan) => {
+                plan.map_err(|e| QueryError::from_datafusion(e, self.options.memory_limit_bytes))?
+            }
         };
         read_only()
             .verify_plan(&plan)
@@ -223,7 +227,11 @@ impl QueryEngine {
     }
 
     /// Binds `params` to `$1, $2, …` and starts the query.
-    pub async fn execute(&self, query: PreparedQuery, params: Vec<ScalarValue>) -> Result<QueryStream> {
+    pub async fn execute(
+        &self,
+        query: PreparedQuery,
+        params: Vec<ScalarValue>,
+    ) -> Result<QueryStream> {
         let limit = self.options.memory_limit_bytes;
         let plan = if params.is_empty() {
             query.plan
@@ -252,7 +260,11 @@ impl QueryEngine {
     }
 
     /// Plans, binds and runs `sql`, returning the whole answer.
-    pub async fn sql(&self, sql: &str, params: Vec<ScalarValue>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    pub async fn sql(
+        &self,
+        sql: &str,
+        params: Vec<ScalarValue>,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let prepared = self.prepare(sql).await?;
         let stream = self.execute(prepared, params).await?;
         let schema = stream.schema();

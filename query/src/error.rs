@@ -29,7 +29,9 @@ pub enum QueryError {
     )]
     MemoryLimit { limit: usize, detail: String },
     /// Missing or wrong bearer key.
-    #[error("unauthenticated: send Authorization: Bearer <key> with a key from query.auth_keys_file")]
+    #[error(
+        "unauthenticated: send Authorization: Bearer <key> with a key from query.auth_keys_file"
+    )]
     Unauthenticated,
     /// A malformed request (bad JSON, unknown format, wrong parameter count…).
     #[error("bad request: {0}")]

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -249,13 +249,17 @@ impl FlightSqlServer {
         prepared.bind(params)
     }
 
-    /// Runs a planned query and streams its answer as Flight data.
+    /// Runs a planned query and streams its answer as Flight data, in the schema its
+    /// `FlightInfo` announced (see [`conform`]).
     async fn run(&self, prepared: PreparedQuery) -> Result<DoGetStream> {
+        let schema = Arc::new(flight_schema(&prepared.schema()));
         let stream = self.engine.execute(prepared, Vec::new()).await?;
-        let schema = flight_schema(&stream.schema());
-        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(e.grpc_status())));
+        let announced = schema.clone();
+        let batches = stream
+            .and_then(move |batch| futures::future::ready(conform(&announced, batch)))
+            .map_err(|e| FlightError::Tonic(Box::new(e.grpc_status())));
         let data = FlightDataEncoderBuilder::new()
-            .with_schema(Arc::new(schema))
+            .with_schema(schema)
             .build(batches)
             .map_err(Status::from);
         Ok(Box::pin(data))
@@ -586,8 +590,12 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_catalogs(
@@ -595,7 +603,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetCatalogs,
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        Ok(Response::new(batch_stream(self.catalogs_batch(query).await?)))
+        Ok(Response::new(batch_stream(
+            self.catalogs_batch(query).await?,
+        )))
     }
 
     async fn get_flight_info_schemas(
@@ -604,7 +614,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_schemas(
@@ -612,7 +626,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetDbSchemas,
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        Ok(Response::new(batch_stream(self.db_schemas_batch(query).await?)))
+        Ok(Response::new(batch_stream(
+            self.db_schemas_batch(query).await?,
+        )))
     }
 
     async fn get_flight_info_tables(
@@ -621,7 +637,11 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_tables(
@@ -637,8 +657,12 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        let schema = query.into_builder().schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_table_types(
@@ -646,7 +670,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandGetTableTypes,
         _request: Request<arrow_flight::Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        Ok(Response::new(batch_stream(self.table_types_batch(query).await?)))
+        Ok(Response::new(batch_stream(
+            self.table_types_batch(query).await?,
+        )))
     }
 
     async fn get_flight_info_sql_info(
@@ -656,7 +682,11 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let info = sql_info()?;
         let schema = query.clone().into_builder(&info).schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_sql_info(
@@ -678,8 +708,12 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let info = xdbc_type_info()?;
-        let schema = query.clone().into_builder(&info).schema();
-        Ok(Response::new(flight_info(&schema, &query, request.into_inner())?))
+        let schema = query.into_builder(&info).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            &query,
+            request.into_inner(),
+        )?))
     }
 
     async fn do_get_xdbc_type_info(
@@ -823,6 +857,43 @@ async fn read_parameters(stream: PeekableFlightDataStream) -> Result<Vec<ScalarV
         .collect()
 }
 
+/// Gives `batch` the schema announced for the answer. DataFusion's physical plan can disagree
+/// with the logical plan the schema was announced from on nullability or metadata (`min` over
+/// a non-null column is nullable in one and not in the other), and clients such as ADBC refuse
+/// an answer whose schema differs from the announced one. A column whose type differs (a
+/// dictionary sent as its values) is cast.
+fn conform(schema: &SchemaRef, batch: RecordBatch) -> Result<RecordBatch> {
+    if batch.schema_ref() == schema {
+        return Ok(batch);
+    }
+    let mismatch = |e: &dyn std::fmt::Display| {
+        QueryError::Execution(format!(
+            "the answer does not fit the schema announced for it: {e}"
+        ))
+    };
+    if batch.num_columns() != schema.fields().len() {
+        return Err(mismatch(&format!(
+            "{} columns instead of {}",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| {
+            if column.data_type() == field.data_type() {
+                Ok(column.clone())
+            } else {
+                arrow::compute::cast(column, field.data_type()).map_err(|e| mismatch(&e))
+            }
+        })
+        .collect::<Result<Vec<ArrayRef>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+    RecordBatch::try_new_with_options(schema.clone(), columns, &options).map_err(|e| mismatch(&e))
+}
+
 /// A `FlightInfo` with one endpoint whose ticket is `ticket`, served by this server.
 fn flight_info(
     schema: &Schema,
@@ -882,8 +953,12 @@ fn flight_schema(schema: &Schema) -> Schema {
 fn flight_field(field: &Field) -> Field {
     let data_type = match field.data_type() {
         DataType::Dictionary(_, values) => {
-            return flight_field(&Field::new(field.name(), (**values).clone(), field.is_nullable()))
-                .with_metadata(field.metadata().clone());
+            return flight_field(&Field::new(
+                field.name(),
+                (**values).clone(),
+                field.is_nullable(),
+            ))
+            .with_metadata(field.metadata().clone());
         }
         DataType::List(inner) => DataType::List(Arc::new(flight_field(inner))),
         DataType::LargeList(inner) => DataType::LargeList(Arc::new(flight_field(inner))),
@@ -1144,7 +1219,11 @@ mod tests {
             .iter()
             .flat_map(|b| {
                 let c = b.column_by_name(column).unwrap();
-                c.as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec()
+                c.as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
             })
             .collect()
     }
@@ -1183,6 +1262,16 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(int64(&fetch(&mut client, info).await, "n"), vec![0]);
+
+        // The logical plan says `min` over a non-null column is nullable, the physical plan
+        // says it is not: the answer keeps the announced schema (`fetch` checks).
+        let info = client
+            .execute("SELECT min(start_time) AS first FROM spans".into(), None)
+            .await
+            .unwrap();
+        let batches = fetch(&mut client, info).await;
+        assert!(batches[0].schema().field(0).is_nullable());
+        assert_eq!(batches[0].column(0).null_count(), 1);
 
         // A typed parameter (from the column it is compared with).
         let mut prepared = client
@@ -1255,7 +1344,10 @@ mod tests {
         let mut again = prepared.clone();
         prepared.close().await.unwrap();
         let error = again.execute().await.unwrap_err().to_string();
-        assert!(error.contains("unknown prepared statement handle"), "{error}");
+        assert!(
+            error.contains("unknown prepared statement handle"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
@@ -1268,9 +1360,17 @@ mod tests {
             "COPY (SELECT 1 AS x) TO '/tmp/idtrail-flight-sql-test.parquet'",
             "SET datafusion.execution.batch_size = 10",
         ] {
-            let error = client.execute(sql.into(), None).await.unwrap_err().to_string();
+            let error = client
+                .execute(sql.into(), None)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("read-only"), "{sql}: {error}");
-            let error = client.prepare(sql.into(), None).await.unwrap_err().to_string();
+            let error = client
+                .prepare(sql.into(), None)
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("read-only"), "{sql}: {error}");
             let error = client
                 .execute_update(sql.into(), None)
@@ -1346,7 +1446,10 @@ mod tests {
             .to_vec();
         let schema = Schema::try_from(IpcMessage(Bytes::from(encoded))).unwrap();
         for column in ["trace_id", "service_name", "user_id", "date", "hour"] {
-            assert!(schema.field_with_name(column).is_ok(), "{column} in {schema:?}");
+            assert!(
+                schema.field_with_name(column).is_ok(),
+                "{column} in {schema:?}"
+            );
         }
 
         let info = client
@@ -1364,7 +1467,10 @@ mod tests {
         assert!(types.contains(&"BASE TABLE".to_string()), "{types:?}");
 
         let info = client
-            .get_sql_info(vec![SqlInfo::FlightSqlServerName, SqlInfo::FlightSqlServerReadOnly])
+            .get_sql_info(vec![
+                SqlInfo::FlightSqlServerName,
+                SqlInfo::FlightSqlServerReadOnly,
+            ])
             .await
             .unwrap();
         let batches = fetch(&mut client, info).await;
@@ -1397,10 +1503,7 @@ mod tests {
         let server = start(Some(keys)).await;
 
         let mut raw = FlightServiceClient::new(channel(&server).await);
-        let status = raw
-            .list_actions(arrow_flight::Empty {})
-            .await
-            .unwrap_err();
+        let status = raw.list_actions(arrow_flight::Empty {}).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert!(status.message().contains("Bearer"), "{}", status.message());
 
@@ -1412,7 +1515,11 @@ mod tests {
             .to_string();
         assert!(error.contains("unauthenticated"), "{error}");
         // A Basic handshake is refused, saying how to authenticate.
-        let error = client.handshake("analyst", "k-secret").await.unwrap_err().to_string();
+        let error = client
+            .handshake("analyst", "k-secret")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("Bearer"), "{error}");
         client.set_token("k-wrong".into());
         assert!(client.execute("SELECT 1 AS x".into(), None).await.is_err());
@@ -1421,11 +1528,33 @@ mod tests {
         // The handshake passes with the bearer key and hands it back.
         client.handshake("analyst", "").await.unwrap();
         assert_eq!(client.token().map(String::as_str), Some("k-secret"));
-        let info = client
-            .execute("SELECT 1 AS x".into(), None)
-            .await
-            .unwrap();
+        let info = client.execute("SELECT 1 AS x".into(), None).await.unwrap();
         assert_eq!(int64(&fetch(&mut client, info).await, "x"), vec![1]);
+    }
+
+    #[test]
+    fn batches_take_the_announced_schema() {
+        let announced: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+        ]));
+        let keys = arrow::array::Int32Array::from(vec![0]);
+        let values = Arc::new(StringArray::from(vec!["a"]));
+        let dictionary = arrow::array::DictionaryArray::try_new(keys, values).unwrap();
+        let produced = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("n", DataType::Int64, false),
+                Field::new("s", dictionary.data_type().clone(), false),
+            ])),
+            vec![Arc::new(Int64Array::from(vec![7])), Arc::new(dictionary)],
+        )
+        .unwrap();
+        let conformed = conform(&announced, produced).unwrap();
+        assert_eq!(conformed.schema(), announced);
+        assert_eq!(strings(&[conformed], "s"), vec!["a"]);
+
+        let one_column = one_row(vec![("n", Arc::new(Int64Array::from(vec![1])) as ArrayRef)]);
+        assert!(conform(&announced, one_column).is_err());
     }
 
     #[test]
@@ -1453,7 +1582,11 @@ mod tests {
             .bind(&handle(10_007), vec![ScalarValue::Utf8(Some("v".into()))])
             .unwrap();
         assert!(statements.get(&handle(10_007)).is_ok());
-        let total: usize = statements.by_handle.values().map(OpenStatement::bytes).sum();
+        let total: usize = statements
+            .by_handle
+            .values()
+            .map(OpenStatement::bytes)
+            .sum();
         assert_eq!(statements.bytes, total);
     }
 }

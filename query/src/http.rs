@@ -95,7 +95,12 @@ async fn answer(state: &QueryState, headers: &HeaderMap, body: &[u8]) -> Result<
         .is_some_and(|v| v.contains(ARROW_STREAM));
     if wants_arrow {
         let bytes = arrow_ipc(&schema, &batches)?;
-        Ok((StatusCode::OK, [(header::CONTENT_TYPE, ARROW_STREAM)], bytes).into_response())
+        Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, ARROW_STREAM)],
+            bytes,
+        )
+            .into_response())
     } else {
         let body = json_answer(&schema, &batches, state.max_json_rows)?;
         Ok((
@@ -128,7 +133,9 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<QueryRequest> {
         )));
     }
     serde_json::from_slice(body).map_err(|e| {
-        QueryError::BadRequest(format!("expected {{\"sql\": \"...\", \"params\": [...]}}: {e}"))
+        QueryError::BadRequest(format!(
+            "expected {{\"sql\": \"...\", \"params\": [...]}}: {e}"
+        ))
     })
 }
 
@@ -141,7 +148,11 @@ pub fn scalar_of(value: &Value) -> Result<ScalarValue> {
         Value::Number(n) => match (n.as_i64(), n.as_f64()) {
             (Some(i), _) => ScalarValue::Int64(Some(i)),
             (None, Some(f)) => ScalarValue::Float64(Some(f)),
-            _ => return Err(QueryError::BadRequest(format!("parameter {n} is out of range"))),
+            _ => {
+                return Err(QueryError::BadRequest(format!(
+                    "parameter {n} is out of range"
+                )));
+            }
         },
         Value::Array(_) | Value::Object(_) => {
             return Err(QueryError::BadRequest(
@@ -153,7 +164,8 @@ pub fn scalar_of(value: &Value) -> Result<ScalarValue> {
 
 /// The batches as one Arrow IPC stream.
 pub fn arrow_ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>> {
-    let encode = |e: arrow::error::ArrowError| QueryError::Execution(format!("encoding Arrow IPC: {e}"));
+    let encode =
+        |e: arrow::error::ArrowError| QueryError::Execution(format!("encoding Arrow IPC: {e}"));
     let mut bytes = Vec::new();
     let mut writer = StreamWriter::try_new(&mut bytes, schema).map_err(encode)?;
     for batch in batches {

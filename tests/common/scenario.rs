@@ -317,11 +317,12 @@ pub fn name_fingerprints(data_dir: &Path, scenario: &Scenario, names: &mut Names
             && let Some(secret) = planted.get(span)
             && fp.starts_with('k')
         {
-            names.by_hex.insert(fp.to_string(), format!("fp({}{secret})", names.prefix));
+            names
+                .by_hex
+                .insert(fp.to_string(), format!("fp({}{secret})", names.prefix));
         }
     }
 }
-
 
 /// Reads a scenario file (up to `marker`, if given) and makes its secrets.
 pub fn load(path: &Path, marker: Option<&str>) -> (Scenario, HashMap<String, String>) {

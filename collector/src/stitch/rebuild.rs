@@ -643,7 +643,8 @@ mod tests {
     /// `(effect span id, user)` of every chain, with the partition it is in.
     fn chains_by_partition(data_dir: &Path) -> Vec<(String, String, Option<String>)> {
         let mut out = Vec::new();
-        for path in idtrail_schemas::layout::published_files(data_dir, chains::TABLE, None).unwrap() {
+        for path in idtrail_schemas::layout::published_files(data_dir, chains::TABLE, None).unwrap()
+        {
             if fs::read(&path).unwrap() == b"old" {
                 continue;
             }

@@ -7,8 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, RecordBatch, StringBuilder, TimestampNanosecondBuilder,
-    UInt32Builder,
+    Array, ArrayRef, AsArray, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::catalog::{Session, TableProvider};
@@ -38,7 +37,11 @@ pub fn schema() -> SchemaRef {
         utf8("span_id", true),
         utf8("service_name", true),
         utf8("span_name", true),
-        Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            true,
+        ),
     ]))
 }
 
@@ -96,17 +99,25 @@ impl SpanFacts {
     fn identities(&self) -> Vec<(&'static str, String, Option<&'static str>)> {
         let mut out = Vec::new();
         if let Some(kind) = &self.effect_kind {
-            out.push(("resource", format!("{kind}:{}", self.effect_target.as_deref().unwrap_or("")), None));
+            out.push((
+                "resource",
+                format!("{kind}:{}", self.effect_target.as_deref().unwrap_or("")),
+                None,
+            ));
         }
         if self.api_method.is_some() || self.api_route.is_some() {
             let service = match (self.kind.as_deref(), &self.api_target) {
                 (Some("client"), Some(target)) => Some(target.as_str()),
                 _ => self.service.as_deref(),
             };
-            let parts: Vec<&str> = [service, self.api_method.as_deref(), self.api_route.as_deref()]
-                .into_iter()
-                .flatten()
-                .collect();
+            let parts: Vec<&str> = [
+                service,
+                self.api_method.as_deref(),
+                self.api_route.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             out.push(("operation", parts.join(" "), None));
         }
         if let Some(tool) = &self.tool {
@@ -156,17 +167,18 @@ pub async fn chain_of(
 ) -> Result<RecordBatch> {
     let mut found: Vec<Found> = Vec::new();
     let mut seen: HashSet<(String, String)> = HashSet::new();
-    let mut record = |found: &mut Vec<Found>, depth, kind: &str, id: String, via, span: Option<&SpanFacts>| {
-        if seen.insert((kind.to_string(), id.clone())) {
-            found.push(Found {
-                depth,
-                kind: kind.to_string(),
-                id,
-                via,
-                span: span.cloned(),
-            });
-        }
-    };
+    let mut record =
+        |found: &mut Vec<Found>, depth, kind: &str, id: String, via, span: Option<&SpanFacts>| {
+            if seen.insert((kind.to_string(), id.clone())) {
+                found.push(Found {
+                    depth,
+                    kind: kind.to_string(),
+                    id,
+                    via,
+                    span: span.cloned(),
+                });
+            }
+        };
 
     let mut at = Some((trace_id.to_string(), span_id.to_string(), "span"));
     let mut depth = 0u32;
@@ -181,11 +193,25 @@ pub async fn chain_of(
         let mut link = None;
         while let Some(id) = next.take() {
             let Some(span) = by_id.get(&id) else {
-                record(&mut found, depth, "missing", format!("span:{id}"), via, None);
+                record(
+                    &mut found,
+                    depth,
+                    "missing",
+                    format!("span:{id}"),
+                    via,
+                    None,
+                );
                 break;
             };
             for (kind, identity, how) in span.identities() {
-                record(&mut found, depth, kind, identity, how.unwrap_or(via), Some(span));
+                record(
+                    &mut found,
+                    depth,
+                    kind,
+                    identity,
+                    how.unwrap_or(via),
+                    Some(span),
+                );
             }
             if link.is_none() {
                 link = span.links.first().cloned();
@@ -218,10 +244,27 @@ pub async fn chain_of(
             };
             let (_, parent_fp) = graph.node(parent);
             let parent_fp = parent_fp.to_string();
-            record(&mut found, depth + step, "credential", parent_fp.clone(), "derived_from", None);
-            for presenter in graph.incoming(parent).filter(|e| e.relation == Relation::Presented) {
+            record(
+                &mut found,
+                depth + step,
+                "credential",
+                parent_fp.clone(),
+                "derived_from",
+                None,
+            );
+            for presenter in graph
+                .incoming(parent)
+                .filter(|e| e.relation == Relation::Presented)
+            {
                 let (kind, id) = graph.node(presenter.src);
-                record(&mut found, depth + step, kind, id.to_string(), "presented", None);
+                record(
+                    &mut found,
+                    depth + step,
+                    kind,
+                    id.to_string(),
+                    "presented",
+                    None,
+                );
             }
             current = parent_fp;
         }
@@ -233,8 +276,19 @@ pub async fn chain_of(
         .map(|f| (f.depth, f.kind.clone(), f.id.clone()))
         .collect();
     for (depth, kind, id) in identities {
-        for owner in declared.owners.iter().filter(|o| o.kind == kind && o.id == id) {
-            record(&mut found, depth, "owner", owner.owner.clone(), "owned_by", None);
+        for owner in declared
+            .owners
+            .iter()
+            .filter(|o| o.kind == kind && o.id == id)
+        {
+            record(
+                &mut found,
+                depth,
+                "owner",
+                owner.owner.clone(),
+                "owned_by",
+                None,
+            );
         }
     }
     to_batch(&found)
@@ -313,7 +367,10 @@ fn span_facts(batch: &RecordBatch) -> Vec<SpanFacts> {
         (!strings.is_null(row)).then(|| strings.value(row).to_string())
     };
     let list = |name: &str, row: usize| -> Vec<String> {
-        let Some(lists) = batch.column_by_name(name).and_then(|c| c.as_list_opt::<i32>()) else {
+        let Some(lists) = batch
+            .column_by_name(name)
+            .and_then(|c| c.as_list_opt::<i32>())
+        else {
             return Vec::new();
         };
         if lists.is_null(row) {
@@ -326,7 +383,10 @@ fn span_facts(batch: &RecordBatch) -> Vec<SpanFacts> {
             .unwrap_or_default()
     };
     let links = |row: usize| -> Vec<(String, String)> {
-        let Some(lists) = batch.column_by_name("links").and_then(|c| c.as_list_opt::<i32>()) else {
+        let Some(lists) = batch
+            .column_by_name("links")
+            .and_then(|c| c.as_list_opt::<i32>())
+        else {
             return Vec::new();
         };
         if lists.is_null(row) {
@@ -337,8 +397,12 @@ fn span_facts(batch: &RecordBatch) -> Vec<SpanFacts> {
             return Vec::new();
         };
         let (Some(traces), Some(spans)) = (
-            structs.column_by_name("trace_id").and_then(|c| c.as_string_opt::<i32>()),
-            structs.column_by_name("span_id").and_then(|c| c.as_string_opt::<i32>()),
+            structs
+                .column_by_name("trace_id")
+                .and_then(|c| c.as_string_opt::<i32>()),
+            structs
+                .column_by_name("span_id")
+                .and_then(|c| c.as_string_opt::<i32>()),
         ) else {
             return Vec::new();
         };

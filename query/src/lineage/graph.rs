@@ -144,7 +144,9 @@ impl Graph {
                 batch
                     .column_by_name(name)
                     .and_then(|c| c.as_string_opt::<i32>())
-                    .ok_or_else(|| QueryError::storage("reading edges", format!("column {name} missing")))
+                    .ok_or_else(|| {
+                        QueryError::storage("reading edges", format!("column {name} missing"))
+                    })
             };
             let (src_kind, src_id, relation, dst_kind, dst_id) = (
                 text("src_kind")?,
@@ -157,7 +159,9 @@ impl Graph {
                 batch
                     .column_by_name(name)
                     .and_then(|c| c.as_primitive_opt::<TimestampNanosecondType>())
-                    .ok_or_else(|| QueryError::storage("reading edges", format!("column {name} missing")))
+                    .ok_or_else(|| {
+                        QueryError::storage("reading edges", format!("column {name} missing"))
+                    })
             };
             let (first_seen, last_seen) = (time("first_seen")?, time("last_seen")?);
             let count = batch
@@ -170,7 +174,11 @@ impl Graph {
                 };
                 let src = graph.intern(src_kind.value(row), src_id.value(row));
                 let dst = graph.intern(dst_kind.value(row), dst_id.value(row));
-                let (first, last, n) = (first_seen.value(row), last_seen.value(row), count.value(row));
+                let (first, last, n) = (
+                    first_seen.value(row),
+                    last_seen.value(row),
+                    count.value(row),
+                );
                 match seen.get(&(src, rel, dst)) {
                     Some(&e) => {
                         let edge = &mut graph.edges[e as usize];
@@ -272,7 +280,16 @@ impl GraphCache {
             .collect();
         let batches = read_columns(
             &edge_files,
-            &["src_kind", "src_id", "relation", "dst_kind", "dst_id", "first_seen", "last_seen", "count"],
+            &[
+                "src_kind",
+                "src_id",
+                "relation",
+                "dst_kind",
+                "dst_id",
+                "first_seen",
+                "last_seen",
+                "count",
+            ],
         )?;
         let mut graph = Graph::from_batches(&batches)?;
         if with_scopes {
@@ -281,7 +298,10 @@ impl GraphCache {
                 .map(|(p, _, _)| p.as_path())
                 .filter(|p| p.starts_with(self.data_dir.join(chains::TABLE)))
                 .collect();
-            graph.add_scopes(&read_columns(&chain_files, &["credential_fp", "token_scopes"])?);
+            graph.add_scopes(&read_columns(
+                &chain_files,
+                &["credential_fp", "token_scopes"],
+            )?);
         }
         let graph = Arc::new(graph);
         *cached = Some((files, with_scopes, graph.clone()));
@@ -326,7 +346,9 @@ fn read_columns(files: &[&Path], columns: &[&str]) -> Result<Vec<RecordBatch>> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| QueryError::storage(context(), e))
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
     let chunk = files.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
         let handles: Vec<_> = files
@@ -343,9 +365,9 @@ fn read_columns(files: &[&Path], columns: &[&str]) -> Result<Vec<RecordBatch>> {
             .collect();
         let mut all = Vec::new();
         for handle in handles {
-            let part = handle
-                .join()
-                .map_err(|_| QueryError::storage("reading lineage files", "a reader thread panicked"))??;
+            let part = handle.join().map_err(|_| {
+                QueryError::storage("reading lineage files", "a reader thread panicked")
+            })??;
             all.extend(part);
         }
         Ok(all)

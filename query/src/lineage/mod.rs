@@ -125,7 +125,10 @@ struct Call {
 }
 
 impl TableFunctionImpl for LineageFunction {
-    fn call_with_args(&self, args: TableFunctionArgs) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    fn call_with_args(
+        &self,
+        args: TableFunctionArgs,
+    ) -> datafusion::error::Result<Arc<dyn TableProvider>> {
         let usage = self.function.usage();
         let values = args
             .exprs()
@@ -138,23 +141,34 @@ impl TableFunctionImpl for LineageFunction {
             Function::ChainOf => 2,
         };
         if values.len() < 2 || values.len() > max_args {
-            return plan_error(format!("{usage}: expected 2 to {max_args} arguments, got {}", values.len()));
+            return plan_error(format!(
+                "{usage}: expected 2 to {max_args} arguments, got {}",
+                values.len()
+            ));
         }
         let text = |v: &ScalarValue, what: &str| match v {
-            ScalarValue::Utf8(Some(s)) | ScalarValue::LargeUtf8(Some(s)) | ScalarValue::Utf8View(Some(s)) => Ok(s.clone()),
+            ScalarValue::Utf8(Some(s))
+            | ScalarValue::LargeUtf8(Some(s))
+            | ScalarValue::Utf8View(Some(s)) => Ok(s.clone()),
             other => plan_error(format!("{usage}: {what} must be a string, got {other}")),
         };
         let max_depth = match values.get(2) {
             None | Some(ScalarValue::Null) => DEFAULT_MAX_DEPTH,
             Some(v) => match v.cast_to(&arrow::datatypes::DataType::Int64) {
                 Ok(ScalarValue::Int64(Some(d))) if (0..=64).contains(&d) => d as u32,
-                _ => return plan_error(format!("{usage}: max_depth must be an integer from 0 to 64")),
+                _ => {
+                    return plan_error(format!(
+                        "{usage}: max_depth must be an integer from 0 to 64"
+                    ));
+                }
             },
         };
         let since = match values.get(3) {
             None | Some(ScalarValue::Null) => None,
             Some(v) => Some(timestamp_nanos(v).ok_or_else(|| {
-                DataFusionError::Plan(format!("{usage}: since must be a timestamp, e.g. TIMESTAMP '2026-11-22T10:00:00Z'"))
+                DataFusionError::Plan(format!(
+                    "{usage}: since must be a timestamp, e.g. TIMESTAMP '2026-11-22T10:00:00Z'"
+                ))
             })?),
         };
         let call = Call {
@@ -176,7 +190,11 @@ fn plan_error<T>(message: String) -> datafusion::error::Result<T> {
 }
 
 /// Evaluates a constant argument expression (a literal, a cast, `now() - INTERVAL …`).
-fn constant(session: &dyn Session, expr: &Expr, usage: &str) -> datafusion::error::Result<ScalarValue> {
+fn constant(
+    session: &dyn Session,
+    expr: &Expr,
+    usage: &str,
+) -> datafusion::error::Result<ScalarValue> {
     let physical = session
         .create_physical_expr(expr.clone(), &DFSchema::empty())
         .map_err(|e| DataFusionError::Plan(format!("{usage}: arguments must be constants: {e}")))?;
@@ -192,7 +210,10 @@ fn constant(session: &dyn Session, expr: &Expr, usage: &str) -> datafusion::erro
 }
 
 fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {
-    let ty = arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, Some("UTC".into()));
+    let ty = arrow::datatypes::DataType::Timestamp(
+        arrow::datatypes::TimeUnit::Nanosecond,
+        Some("UTC".into()),
+    );
     match value.cast_to(&ty).ok()? {
         ScalarValue::TimestampNanosecond(Some(t), _) => Some(t),
         _ => None,
@@ -213,7 +234,12 @@ impl LineageTable {
         let call = self.call.clone();
         let function = self.function;
         let needs_scopes = matches!(function, Function::BlastRadius)
-            && shared.grants.load()?.grants.iter().any(|g| g.subject_kind == "scope");
+            && shared
+                .grants
+                .load()?
+                .grants
+                .iter()
+                .any(|g| g.subject_kind == "scope");
         let loading = shared.clone();
         let graph = tokio::task::spawn_blocking(move || loading.graph.get(needs_scopes))
             .await
@@ -273,7 +299,8 @@ impl TableProvider for LineageTable {
             .compute(state)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let exec = MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
+        let exec =
+            MemorySourceConfig::try_new_exec(&[vec![batch]], self.schema(), projection.cloned())?;
         Ok(exec)
     }
 }

@@ -59,6 +59,22 @@ struct Row {
     flag: Option<bool>,
 }
 
+impl Row {
+    /// The identity asked about, at depth 0.
+    fn start(key: Key, flag: Option<bool>) -> Row {
+        Row {
+            key,
+            depth: 0,
+            parent: None,
+            relation: None,
+            reversed: None,
+            edge: None,
+            reach: Reach::Start,
+            flag,
+        }
+    }
+}
+
 struct Walk<'g> {
     graph: &'g Graph,
     rows: Vec<Row>,
@@ -66,22 +82,14 @@ struct Walk<'g> {
 }
 
 impl<'g> Walk<'g> {
-    fn new(graph: &'g Graph, start: NodeId) -> Walk<'g> {
+    /// A walk from `start`: a node of `graph`, or an identity it has never seen.
+    fn new(graph: &'g Graph, start: Key, flag: Option<bool>) -> Walk<'g> {
         let mut walk = Walk {
             graph,
             rows: Vec::new(),
             seen: HashMap::new(),
         };
-        walk.push(Row {
-            key: Key::Node(start),
-            depth: 0,
-            parent: None,
-            relation: None,
-            reversed: None,
-            edge: None,
-            reach: Reach::Start,
-            flag: None,
-        });
+        walk.push(Row::start(start, flag));
         walk
     }
 
@@ -97,7 +105,13 @@ impl<'g> Walk<'g> {
     }
 
     /// Follows edges from row `i`, `downstream` or not, adding new rows with `reach`.
-    fn expand(&mut self, i: usize, downstream: bool, since: Option<i64>, reach: Reach) -> Vec<usize> {
+    fn expand(
+        &mut self,
+        i: usize,
+        downstream: bool,
+        since: Option<i64>,
+        reach: Reach,
+    ) -> Vec<usize> {
         let Key::Node(node) = self.rows[i].key else {
             return Vec::new();
         };
@@ -132,7 +146,14 @@ impl<'g> Walk<'g> {
         added
     }
 
-    fn breadth_first(&mut self, from: Vec<usize>, downstream: bool, max_depth: u32, since: Option<i64>, reach: Reach) {
+    fn breadth_first(
+        &mut self,
+        from: Vec<usize>,
+        downstream: bool,
+        max_depth: u32,
+        since: Option<i64>,
+        reach: Reach,
+    ) {
         let mut queue: VecDeque<usize> = from.into();
         while let Some(i) = queue.pop_front() {
             if self.rows[i].depth < max_depth {
@@ -176,7 +197,8 @@ impl<'g> Walk<'g> {
                 at = self.rows[p].parent;
             }
             for &p in chain.iter().rev() {
-                path.values().append_value(format!("{}:{}", names[p].0, names[p].1));
+                path.values()
+                    .append_value(format!("{}:{}", names[p].0, names[p].1));
             }
             path.append(true);
             relation.append_option(row.relation);
@@ -205,12 +227,22 @@ impl<'g> Walk<'g> {
 }
 
 fn schema(flag: &str) -> SchemaRef {
-    let ts = |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true);
+    let ts = |name: &str| {
+        Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            true,
+        )
+    };
     Arc::new(Schema::new(vec![
         Field::new("kind", DataType::Utf8, false),
         Field::new("id", DataType::Utf8, false),
         Field::new("depth", DataType::UInt32, false),
-        Field::new("path", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), false),
+        Field::new(
+            "path",
+            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
+            false,
+        ),
         Field::new("relation", DataType::Utf8, true),
         Field::new("reversed", DataType::Boolean, true),
         Field::new("reach", DataType::Utf8, false),
@@ -247,7 +279,7 @@ pub fn blast_radius(
     let Some(node) = graph.lookup(start.0, start.1) else {
         return empty(blast_radius_schema(), start);
     };
-    let mut walk = Walk::new(graph, node);
+    let mut walk = Walk::new(graph, Key::Node(node), None);
     walk.breadth_first(vec![0], true, max_depth, since, Reach::Observed);
 
     // Grants: every reached identity's grants extend the radius; what they add is potential.
@@ -265,7 +297,9 @@ pub fn blast_radius(
             let applies = (grant.subject_kind == kind && glob_matches(&grant.subject_id, id))
                 || (grant.subject_kind == "scope"
                     && kind == "credential"
-                    && graph.credentials_with_scope(&grant.subject_id).contains(&subject));
+                    && graph
+                        .credentials_with_scope(&grant.subject_id)
+                        .contains(&subject));
             if !applies {
                 continue;
             }
@@ -277,7 +311,10 @@ pub fn blast_radius(
                     .collect()
             });
             let keys: Vec<Key> = if matched.is_empty() {
-                vec![Key::Named(grant.target_kind.clone(), grant.target_pattern.clone())]
+                vec![Key::Named(
+                    grant.target_kind.clone(),
+                    grant.target_pattern.clone(),
+                )]
             } else {
                 matched.iter().map(|&n| Key::Node(n)).collect()
             };
@@ -336,25 +373,12 @@ pub fn upstream(
     now: i64,
 ) -> Result<RecordBatch> {
     let Some(node) = graph.lookup(start.0, start.1) else {
-        let mut walk = Walk {
-            graph,
-            rows: Vec::new(),
-            seen: HashMap::new(),
-        };
-        walk.push(Row {
-            key: Key::Named(start.0.to_string(), start.1.to_string()),
-            depth: 0,
-            parent: None,
-            relation: None,
-            reversed: None,
-            edge: None,
-            reach: Reach::Start,
-            flag: None,
-        });
+        let unseen = Key::Named(start.0.to_string(), start.1.to_string());
+        let mut walk = Walk::new(graph, unseen, None);
         add_owners(&mut walk, declared, now);
         return walk.into_batch(upstream_schema());
     };
-    let mut walk = Walk::new(graph, node);
+    let mut walk = Walk::new(graph, Key::Node(node), None);
     walk.breadth_first(vec![0], false, max_depth, None, Reach::Observed);
     add_owners(&mut walk, declared, now);
     walk.into_batch(upstream_schema())
@@ -363,7 +387,11 @@ pub fn upstream(
 fn add_owners(walk: &mut Walk<'_>, declared: &Declared, now: i64) {
     for i in 0..walk.rows.len() {
         let (kind, id) = walk.name(&walk.rows[i].key);
-        for owner in declared.owners.iter().filter(|o| o.kind == kind && o.id == id) {
+        for owner in declared
+            .owners
+            .iter()
+            .filter(|o| o.kind == kind && o.id == id)
+        {
             let row = Row {
                 key: Key::Owner(i, owner.owner.clone()),
                 depth: walk.rows[i].depth + 1,
@@ -382,22 +410,8 @@ fn add_owners(walk: &mut Walk<'_>, declared: &Declared, now: i64) {
 /// An identity the graph has never seen: one `start` row, so the answer says so plainly.
 fn empty(schema: SchemaRef, start: (&str, &str)) -> Result<RecordBatch> {
     let graph = Graph::default();
-    let mut walk = Walk {
-        graph: &graph,
-        rows: Vec::new(),
-        seen: HashMap::new(),
-    };
-    walk.push(Row {
-        key: Key::Named(start.0.to_string(), start.1.to_string()),
-        depth: 0,
-        parent: None,
-        relation: None,
-        reversed: None,
-        edge: None,
-        reach: Reach::Start,
-        flag: Some(false),
-    });
-    walk.into_batch(schema)
+    let unseen = Key::Named(start.0.to_string(), start.1.to_string());
+    Walk::new(&graph, unseen, Some(false)).into_batch(schema)
 }
 
 #[cfg(test)]
@@ -413,19 +427,51 @@ mod tests {
             ("agent", "planner", "acts_for", "user", "alice"),
             ("agent", "sub", "acts_for", "agent", "planner"),
             ("agent", "sub", "presented", "credential", "tok-delegated"),
-            ("credential", "tok-delegated", "derived_from", "credential", "tok-alice"),
+            (
+                "credential",
+                "tok-delegated",
+                "derived_from",
+                "credential",
+                "tok-alice",
+            ),
             ("agent", "planner", "presented", "credential", "tok-alice"),
-            ("credential", "tok-delegated", "invoked", "operation", "gw DELETE /orders"),
-            ("operation", "gw DELETE /orders", "called", "operation", "orders DELETE /orders"),
-            ("operation", "orders DELETE /orders", "affected", "resource", "db:shop.orders"),
-            ("operation", "billing GET /x", "affected", "resource", "db:billing.x"),
+            (
+                "credential",
+                "tok-delegated",
+                "invoked",
+                "operation",
+                "gw DELETE /orders",
+            ),
+            (
+                "operation",
+                "gw DELETE /orders",
+                "called",
+                "operation",
+                "orders DELETE /orders",
+            ),
+            (
+                "operation",
+                "orders DELETE /orders",
+                "affected",
+                "resource",
+                "db:shop.orders",
+            ),
+            (
+                "operation",
+                "billing GET /x",
+                "affected",
+                "resource",
+                "db:billing.x",
+            ),
         ])
     }
 
     fn rows(batch: &RecordBatch) -> Vec<(String, u32, String)> {
         let kind = batch.column(0).as_string::<i32>();
         let id = batch.column(1).as_string::<i32>();
-        let depth = batch.column(2).as_primitive::<arrow::datatypes::UInt32Type>();
+        let depth = batch
+            .column(2)
+            .as_primitive::<arrow::datatypes::UInt32Type>();
         let reach = batch.column(6).as_string::<i32>();
         (0..batch.num_rows())
             .map(|i| {
@@ -440,7 +486,8 @@ mod tests {
 
     #[test]
     fn blast_radius_follows_delegation_down_to_the_resource() {
-        let batch = blast_radius(&graph(), &Declared::default(), ("user", "alice"), 6, None).unwrap();
+        let batch =
+            blast_radius(&graph(), &Declared::default(), ("user", "alice"), 6, None).unwrap();
         let reached: Vec<String> = rows(&batch).into_iter().map(|r| r.0).collect();
         assert_eq!(
             reached,
@@ -456,11 +503,19 @@ mod tests {
             ]
         );
         // Depth limits the walk.
-        let shallow = blast_radius(&graph(), &Declared::default(), ("user", "alice"), 2, None).unwrap();
+        let shallow =
+            blast_radius(&graph(), &Declared::default(), ("user", "alice"), 2, None).unwrap();
         assert!(rows(&shallow).iter().all(|r| r.1 <= 2));
         assert_eq!(shallow.num_rows(), 4);
         // Edges last seen before `since` are not followed.
-        let later = blast_radius(&graph(), &Declared::default(), ("user", "alice"), 6, Some(2000)).unwrap();
+        let later = blast_radius(
+            &graph(),
+            &Declared::default(),
+            ("user", "alice"),
+            6,
+            Some(2000),
+        )
+        .unwrap();
         assert_eq!(later.num_rows(), 1);
     }
 
@@ -511,18 +566,47 @@ mod tests {
             }],
             grants: Vec::new(),
         };
-        let batch = upstream(&graph(), &declared, ("credential", "tok-delegated"), 6, 1000).unwrap();
+        let batch = upstream(
+            &graph(),
+            &declared,
+            ("credential", "tok-delegated"),
+            6,
+            1000,
+        )
+        .unwrap();
         let all = rows(&batch);
         let names: Vec<&str> = all.iter().map(|r| r.0.as_str()).collect();
-        for expected in ["agent:sub", "credential:tok-alice", "agent:planner", "user:alice", "owner:platform-team"] {
-            assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        for expected in [
+            "agent:sub",
+            "credential:tok-alice",
+            "agent:planner",
+            "user:alice",
+            "owner:platform-team",
+        ] {
+            assert!(
+                names.contains(&expected),
+                "{expected} missing from {names:?}"
+            );
         }
         let approved = batch.column(7).as_boolean();
-        let owner = names.iter().position(|n| *n == "owner:platform-team").unwrap();
+        let owner = names
+            .iter()
+            .position(|n| *n == "owner:platform-team")
+            .unwrap();
         assert!(approved.value(owner));
         // Past its expiry the owner no longer vouches.
-        let later = upstream(&graph(), &declared, ("credential", "tok-delegated"), 6, 6000).unwrap();
-        let owner_row = rows(&later).iter().position(|r| r.0 == "owner:platform-team").unwrap();
+        let later = upstream(
+            &graph(),
+            &declared,
+            ("credential", "tok-delegated"),
+            6,
+            6000,
+        )
+        .unwrap();
+        let owner_row = rows(&later)
+            .iter()
+            .position(|r| r.0 == "owner:platform-team")
+            .unwrap();
         assert!(!later.column(7).as_boolean().value(owner_row));
     }
 }
