@@ -35,7 +35,7 @@ const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   idtrail query \"SELECT user_id, count(*) FROM chains GROUP BY 1\"
-  idtrail query --param alice \"SELECT * FROM chains WHERE user_id = \\$1\" --format csv
+  idtrail query --param alice 'SELECT * FROM chains WHERE user_id = $1' --format csv
   idtrail query -f report.sql --format parquet --output report.parquet
   idtrail query --server http://127.0.0.1:4318 \"SHOW TABLES\"
   idtrail query                      # interactive prompt")]
@@ -173,7 +173,18 @@ fn run_inner(args: &QueryArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         timing: true,
     };
     match script {
-        Some(script) => run_script(&mut session, &script, &mut output, runtime),
+        Some(script) => {
+            let result = run_script(&mut session, &script, &mut output, runtime);
+            if result.is_err()
+                && let Some(path) = &args.output
+            {
+                // A failed run leaves no half-written answer behind (a Parquet file without
+                // its footer is unreadable anyway).
+                drop(output);
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        }
         None => repl(&mut session, &mut output, runtime, stdin_is_terminal),
     }
 }

@@ -324,6 +324,21 @@ async fn errors_are_one_line_and_exit_1() {
     let missing = failed(&local(&nowhere, &["SELECT 1"]));
     assert!(missing.contains("no data directory"), "{missing}");
 
+    // A failed run leaves no half-written --output file.
+    let answer = dir.path().join("partial.csv");
+    let partial = local(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "--output",
+            answer.to_str().expect("utf-8"),
+            "SELECT 1 AS a; DROP TABLE spans",
+        ],
+    );
+    assert!(failed(&partial).contains("statement 2"));
+    assert!(!answer.exists(), "the partial answer was removed");
+
     let bad_file = failed(&local(&data, &["-f", "/nonexistent/q.sql"]));
     assert!(bad_file.contains("/nonexistent/q.sql"), "{bad_file}");
 }

@@ -87,6 +87,20 @@ impl PreparedQuery {
         if params.is_empty() {
             return Ok(self);
         }
+        // A value given as a number for a parameter compared with text binds as that text (and
+        // the other way round where it casts), so every front end answers `user_id = $1` with
+        // 42 the same way.
+        let types = self.parameter_types()?;
+        let params: Vec<ScalarValue> = params
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| match types.get(i) {
+                Some(Some(wanted)) if !value.is_null() && value.data_type() != *wanted => {
+                    value.cast_to(wanted).unwrap_or(value)
+                }
+                _ => value,
+            })
+            .collect();
         let plan = self
             .plan
             .with_param_values(params)
@@ -233,14 +247,8 @@ impl QueryEngine {
         params: Vec<ScalarValue>,
     ) -> Result<QueryStream> {
         let limit = self.options.memory_limit_bytes;
-        let plan = if params.is_empty() {
-            query.plan
-        } else {
-            query
-                .plan
-                .with_param_values(params)
-                .map_err(|e| QueryError::BadRequest(format!("binding parameters: {e}")))?
-        };
+        let query = query.bind(params)?;
+        let plan = query.plan;
         let starting = async {
             let frame = query.ctx.execute_logical_plan(plan).await?;
             frame.execute_stream().await
