@@ -33,3 +33,17 @@ pub fn load_config(
     }
     Ok(Config::load(file, std::env::vars(), &overrides)?)
 }
+
+/// The config of an offline subcommand (`restitch`, `query`): the file, `--set` items and its
+/// `--data-dir` flag.
+pub fn load_data_dir_config(
+    file: Option<&Path>,
+    set: &[String],
+    data_dir: Option<&Path>,
+) -> anyhow::Result<Config> {
+    load_config(
+        file,
+        set,
+        &[("data_dir", data_dir.map(|p| p.display().to_string()))],
+    )
+}

@@ -115,14 +115,7 @@ impl Format {
 
 impl QueryArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
-        crate::load_config(
-            self.config.as_deref(),
-            &self.set,
-            &[(
-                "data_dir",
-                self.data_dir.as_ref().map(|p| p.display().to_string()),
-            )],
-        )
+        crate::load_data_dir_config(self.config.as_deref(), &self.set, self.data_dir.as_deref())
     }
 }
 

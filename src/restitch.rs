@@ -37,14 +37,7 @@ pub struct RestitchArgs {
 
 impl RestitchArgs {
     pub fn config(&self) -> anyhow::Result<Config> {
-        crate::load_config(
-            self.config.as_deref(),
-            &self.set,
-            &[(
-                "data_dir",
-                self.data_dir.as_ref().map(|p| p.display().to_string()),
-            )],
-        )
+        crate::load_data_dir_config(self.config.as_deref(), &self.set, self.data_dir.as_deref())
     }
 
     /// The `[from, to)` range, when either end is given.

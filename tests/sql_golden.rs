@@ -14,7 +14,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -28,16 +28,6 @@ use sqllogictest::{DBOutput, DefaultColumnType};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("scenario dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
 }
 
 /// Names of the data set: hex → name for answers, `{{kind:name}}` → hex for SQL.
@@ -108,7 +98,7 @@ async fn build_data_set() -> DataSet {
     .await;
     let mut played = Vec::new();
     for dir in ["tests/scenarios/stitch", "tests/scenarios/sql"] {
-        for path in yaml_files(&root().join(dir)) {
+        for path in scenario::files(&root().join(dir)) {
             let stem = path
                 .file_stem()
                 .and_then(|s| s.to_str())

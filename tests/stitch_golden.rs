@@ -66,14 +66,7 @@ async fn run(path: &Path) -> Expected {
 }
 
 fn scenarios() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/stitch");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("scenario dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    files
+    scenario::files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/stitch"))
 }
 
 async fn check(name: &str) {

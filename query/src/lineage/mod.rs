@@ -233,13 +233,9 @@ impl LineageTable {
         let shared = self.shared.clone();
         let call = self.call.clone();
         let function = self.function;
+        let grants = shared.grants.load()?;
         let needs_scopes = matches!(function, Function::BlastRadius)
-            && shared
-                .grants
-                .load()?
-                .grants
-                .iter()
-                .any(|g| g.subject_kind == "scope");
+            && grants.grants.iter().any(|g| g.subject_kind == "scope");
         let loading = shared.clone();
         let graph = tokio::task::spawn_blocking(move || loading.graph.get(needs_scopes))
             .await
@@ -247,7 +243,7 @@ impl LineageTable {
         match function {
             Function::BlastRadius => reach::blast_radius(
                 &graph,
-                &*shared.grants.load()?,
+                &grants,
                 (&call.first, &call.second),
                 call.max_depth,
                 call.since,
