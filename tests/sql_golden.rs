@@ -218,6 +218,7 @@ async fn golden_sql_files_answer_as_recorded() {
         timeout: std::time::Duration::from_secs(60),
         owners_files: vec![root().join("tests/sql/owners.yaml")],
         grants_files: vec![root().join("tests/sql/grants.csv")],
+        rules_dirs: Vec::new(),
     };
     let engine = QueryEngine::new(options).await.expect("engine");
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("tests/sql"))

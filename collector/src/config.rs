@@ -224,6 +224,9 @@ pub struct QueryConfig {
     /// Grant files (YAML or CSV) behind the `grants` table: what an identity or scope may
     /// reach. Potential blast radius follows them.
     pub grants_files: Vec<PathBuf>,
+    /// Directories of extra detection rules (`*.sql`, one rule per file, see
+    /// `query/rules/`). A rule with a built-in rule's id replaces it. Read at start-up.
+    pub rules_dirs: Vec<PathBuf>,
 }
 
 impl Default for QueryConfig {
@@ -236,6 +239,7 @@ impl Default for QueryConfig {
             max_json_rows: 100_000,
             owners_files: Vec::new(),
             grants_files: Vec::new(),
+            rules_dirs: Vec::new(),
         }
     }
 }

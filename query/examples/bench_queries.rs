@@ -20,6 +20,7 @@ fn options(data_dir: &Path) -> QueryOptions {
         timeout: Duration::from_secs(600),
         owners_files: Vec::new(),
         grants_files: Vec::new(),
+        rules_dirs: Vec::new(),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The tables a query sees: `spans`, `chains` and `edges` over the data directory's Parquet
-//! files, `owners` and `grants` from the declared files, the views of [`crate::views`] and the
-//! lineage table functions of [`crate::lineage`].
+//! files, `owners` and `grants` from the declared files, the views of [`crate::views`], the
+//! `findings` view of [`crate::findings`] and the lineage table functions of [`crate::lineage`].
 //!
 //! The Parquet tables are DataFusion listing tables with the hive columns `date` and `hour`, so
 //! `WHERE date = '2026-11-22' AND hour = '13'` skips whole directories. The directory is listed
@@ -21,6 +21,7 @@ use idtrail_schemas::{chains, edges, spans};
 
 use crate::declared::{DeclaredFiles, DeclaredTable};
 use crate::error::{QueryError, Result};
+use crate::findings::{self, Rule};
 use crate::lineage::{self, LineageSources};
 use crate::views;
 
@@ -33,6 +34,7 @@ pub async fn register_all(
     data_dir: &Path,
     owners: Arc<DeclaredFiles>,
     grants: Arc<DeclaredFiles>,
+    rules: &[Rule],
 ) -> Result<()> {
     let runtime = ctx.runtime_env();
     let spans_table = listing_table(data_dir, spans::TABLE, spans::schema(), &runtime)?;
@@ -49,6 +51,7 @@ pub async fn register_all(
     register("owners", Arc::new(DeclaredTable::new(owners.clone())))?;
     register("grants", Arc::new(DeclaredTable::new(grants.clone())))?;
     views::register(ctx).await?;
+    findings::register(ctx, rules).await?;
     lineage::register(
         ctx,
         LineageSources {

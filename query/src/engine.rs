@@ -29,6 +29,7 @@ use idtrail_collector::config::QueryConfig;
 use crate::catalog;
 use crate::declared::{DeclaredFiles, DeclaredKind};
 use crate::error::{QueryError, Result};
+use crate::findings::{self, Rule};
 
 /// What the engine needs to know; [`QueryOptions::from_config`] reads it from the server config.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct QueryOptions {
     pub timeout: Duration,
     pub owners_files: Vec<PathBuf>,
     pub grants_files: Vec<PathBuf>,
+    /// Directories of extra detection rules (`*.sql`), see [`crate::findings`].
+    pub rules_dirs: Vec<PathBuf>,
 }
 
 impl QueryOptions {
@@ -49,6 +52,7 @@ impl QueryOptions {
             timeout: query.timeout,
             owners_files: query.owners_files.clone(),
             grants_files: query.grants_files.clone(),
+            rules_dirs: query.rules_dirs.clone(),
         }
     }
 }
@@ -166,6 +170,7 @@ impl Stream for QueryStream {
 pub struct QueryEngine {
     base: SessionContext,
     options: Arc<QueryOptions>,
+    rules: Arc<Vec<Rule>>,
 }
 
 impl QueryEngine {
@@ -205,15 +210,22 @@ impl QueryEngine {
         // Bad declared files are reported now rather than at the first query that reads them.
         owners.load()?;
         grants.load()?;
-        catalog::register_all(&base, &options.data_dir, owners, grants).await?;
+        let rules = findings::load_rules(&options.rules_dirs)?;
+        catalog::register_all(&base, &options.data_dir, owners, grants, &rules).await?;
         Ok(QueryEngine {
             base,
             options: Arc::new(options),
+            rules: Arc::new(rules),
         })
     }
 
     pub fn options(&self) -> &QueryOptions {
         &self.options
+    }
+
+    /// The detection rules behind the `findings` view, most severe first.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// Plans `sql` (one statement; `$1` or `?` placeholders allowed) and refuses anything that

@@ -1168,6 +1168,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             owners_files: vec![],
             grants_files: vec![],
+            rules_dirs: Vec::new(),
         })
         .await
         .unwrap();

@@ -7,6 +7,7 @@
 //! - [`declared`]: `owners` and `grants` from YAML/CSV files.
 //! - [`views`]: `chains_latest`, `chains_attributed`, `lineage_coverage`, `privilege_duration`,
 //!   `credential_usage`.
+//! - [`findings`]: detection rules (one SQL file each) and the `findings` view.
 //! - [`lineage`]: `blast_radius`, `upstream` and `chain_of`.
 //! - [`flight_sql`] and [`http`]: the network front ends; [`auth`]: their bearer keys.
 
@@ -15,6 +16,8 @@ pub mod catalog;
 pub mod declared;
 pub mod engine;
 pub mod error;
+pub mod export;
+pub mod findings;
 pub mod flight_sql;
 pub mod http;
 pub mod lineage;

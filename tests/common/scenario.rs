@@ -30,6 +30,10 @@ pub struct Scenario {
     /// Credentials planted as `${name}` in attribute values.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// Resource attributes of a service beside its `service.name` (the deployment environment,
+    /// the Kubernetes cluster), by service name.
+    #[serde(default)]
+    pub resources: BTreeMap<String, BTreeMap<String, Value>>,
     /// Export requests, in order, with optional waits between them.
     pub sends: Vec<Send>,
 }
@@ -168,6 +172,7 @@ pub fn kind(name: &str) -> i32 {
 
 pub fn request(
     specs: &[SpanSpec],
+    resources: &BTreeMap<String, BTreeMap<String, Value>>,
     names: &mut Names,
     secrets: &HashMap<String, String>,
 ) -> ExportTraceServiceRequest {
@@ -216,7 +221,15 @@ pub fn request(
             .into_iter()
             .map(|(service, spans)| ResourceSpans {
                 resource: Some(Resource {
-                    attributes: vec![super::text("service.name", &service)],
+                    attributes: std::iter::once(super::text("service.name", &service))
+                        .chain(resources.get(&service).into_iter().flatten().map(|(k, v)| {
+                            KeyValue {
+                                key: k.clone(),
+                                value: Some(any_value(v, secrets)),
+                                ..Default::default()
+                            }
+                        }))
+                        .collect(),
                     ..Default::default()
                 }),
                 scope_spans: vec![ScopeSpans {
@@ -358,7 +371,7 @@ pub async fn play(
     for send in &scenario.sends {
         match send {
             Send::Spans(specs) => {
-                let body = request(specs, names, secrets).encode_to_vec();
+                let body = request(specs, &scenario.resources, names, secrets).encode_to_vec();
                 let response = client
                     .post(server.http_url("/v1/traces"))
                     .header("content-type", "application/x-protobuf")
