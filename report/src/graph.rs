@@ -1,0 +1,322 @@
+//! Chains drawn as graphs: user → agents → credential → API hops → effect, laid out left to
+//! right by `layout-rs` (a layered, Graphviz-style layout) and rendered as inline SVG.
+//!
+//! Chains of the same shape (the same nodes in the same order) are drawn once, with how many
+//! times that shape occurred.
+
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use layout::backends::svg::SVGWriter;
+use layout::core::base::Orientation;
+use layout::core::color::Color;
+use layout::core::style::StyleAttr;
+use layout::std_shapes::render::get_shape_size;
+use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
+use layout::topo::layout::VisualGraph;
+use serde::Serialize;
+
+/// One step of a chain's path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Step {
+    pub kind: String,
+    pub id: String,
+}
+
+/// One chain shape and where it was seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainDrawing {
+    pub steps: Vec<Step>,
+    /// Chains of this shape in scope.
+    pub times: usize,
+    pub first_seen: String,
+    pub last_seen: String,
+    /// Every chain of this shape has a human or an approved owner at its head.
+    pub traceable: bool,
+    /// One trace to open for this shape.
+    pub example_trace_id: String,
+    /// The drawing (not in JSON output: the steps are the data).
+    #[serde(skip)]
+    pub svg: String,
+}
+
+/// Groups the rows of `SELECT path, time, traceable, trace_id` (ordered by time) by shape, in
+/// order of first appearance; at most `max_shapes` shapes are drawn.
+pub fn chain_drawings(batches: &[RecordBatch], max_shapes: usize) -> (Vec<ChainDrawing>, bool) {
+    let mut shapes: Vec<ChainDrawing> = Vec::new();
+    let mut index: HashMap<Vec<Step>, usize> = HashMap::new();
+    let mut more = false;
+    for batch in batches {
+        let (Some(path), Some(time), Some(traceable), Some(trace)) = (
+            batch.column_by_name("path"),
+            batch.column_by_name("time"),
+            batch.column_by_name("traceable"),
+            batch.column_by_name("trace_id"),
+        ) else {
+            continue;
+        };
+        let Some(path) = path.as_list_opt::<i32>() else {
+            continue;
+        };
+        let times = arrow::compute::cast(time, &arrow::datatypes::DataType::Utf8).ok();
+        let times = times.as_ref().and_then(|t| t.as_string_opt::<i32>());
+        let traceable = traceable.as_boolean_opt();
+        let trace = trace.as_string_opt::<i32>();
+        for row in 0..batch.num_rows() {
+            let steps = steps_of(path, row);
+            if steps.is_empty() {
+                continue;
+            }
+            let at = times
+                .filter(|t| !t.is_null(row))
+                .map(|t| t.value(row).to_string())
+                .unwrap_or_default();
+            let is_traceable = traceable.is_some_and(|t| !t.is_null(row) && t.value(row));
+            match index.get(&steps) {
+                Some(&i) => {
+                    let shape = &mut shapes[i];
+                    shape.times += 1;
+                    shape.last_seen = at;
+                    shape.traceable &= is_traceable;
+                }
+                None if shapes.len() < max_shapes => {
+                    index.insert(steps.clone(), shapes.len());
+                    shapes.push(ChainDrawing {
+                        steps,
+                        times: 1,
+                        first_seen: at.clone(),
+                        last_seen: at,
+                        traceable: is_traceable,
+                        example_trace_id: trace
+                            .filter(|t| !t.is_null(row))
+                            .map(|t| t.value(row).to_string())
+                            .unwrap_or_default(),
+                        svg: String::new(),
+                    });
+                }
+                None => more = true,
+            }
+        }
+    }
+    for shape in &mut shapes {
+        shape.svg = draw(&shape.steps);
+    }
+    (shapes, more)
+}
+
+fn steps_of(path: &arrow::array::ListArray, row: usize) -> Vec<Step> {
+    if path.is_null(row) {
+        return Vec::new();
+    }
+    let value = path.value(row);
+    let Some(items) = value.as_struct_opt() else {
+        return Vec::new();
+    };
+    let (Some(kinds), Some(ids)) = (
+        items
+            .column_by_name("kind")
+            .and_then(|c| c.as_string_opt::<i32>()),
+        items
+            .column_by_name("id")
+            .and_then(|c| c.as_string_opt::<i32>()),
+    ) else {
+        return Vec::new();
+    };
+    (0..items.len())
+        .filter(|&i| !kinds.is_null(i) && !ids.is_null(i))
+        .map(|i| Step {
+            kind: kinds.value(i).to_string(),
+            id: ids.value(i).to_string(),
+        })
+        .collect()
+}
+
+/// The relation drawn between two consecutive steps (the names of the `edges` table).
+pub fn relation(from: &str, to: &str) -> &'static str {
+    match (from, to) {
+        ("user", "agent") => "initiated",
+        ("agent", "agent") => "delegated to",
+        ("user" | "agent" | "workload", "credential") => "presented",
+        ("credential", "credential") => "exchanged for",
+        ("credential", "operation") => "invoked",
+        ("operation", "operation") => "called",
+        ("operation", "credential") => "presented",
+        ("operation", "resource") => "affected",
+        _ => "",
+    }
+}
+
+/// Fill colour of a node kind (the report's legend uses the same).
+pub fn colour(kind: &str) -> &'static str {
+    match kind {
+        "user" => "#dbeafe",
+        "agent" => "#ede9fe",
+        "workload" => "#e0f2fe",
+        "credential" => "#fef3c7",
+        "operation" => "#dcfce7",
+        "resource" => "#fee2e2",
+        _ => "#f3f4f6",
+    }
+}
+
+/// A short label: credentials are 64-hex fingerprints, shortened for the drawing (the tables
+/// hold them in full).
+pub fn label(step: &Step) -> String {
+    let id = if step.kind == "credential" && step.id.len() > 24 {
+        // `k<key id>:<hmac>`: the key id and the first 8 hex digits tell credentials apart.
+        let cut = step
+            .id
+            .find(':')
+            .map_or(12, |colon| colon + 9)
+            .min(step.id.len());
+        match step.id.get(..cut) {
+            Some(prefix) => format!("{prefix}…"),
+            None => step.id.clone(),
+        }
+    } else if step.id.chars().count() > 40 {
+        format!("{}…", step.id.chars().take(39).collect::<String>())
+    } else {
+        step.id.clone()
+    };
+    format!("{}\n{}", step.kind, id)
+}
+
+fn draw(steps: &[Step]) -> String {
+    let orientation = Orientation::LeftToRight;
+    let mut graph = VisualGraph::new(orientation);
+    // One node per distinct step: a path that returns to a node (an operation called twice)
+    // draws an edge back to it.
+    let mut nodes: HashMap<&Step, layout::adt::dag::NodeHandle> = HashMap::new();
+    let mut previous: Option<(&Step, layout::adt::dag::NodeHandle)> = None;
+    for step in steps {
+        let handle = match nodes.get(step) {
+            Some(&h) => h,
+            None => {
+                let shape = ShapeKind::new_box(&label(step));
+                let look = StyleAttr::new(
+                    Color::fast("#374151"),
+                    1,
+                    Some(Color::fast(colour(&step.kind))),
+                    6,
+                    13,
+                );
+                let size = get_shape_size(orientation, &shape, look.font_size, false);
+                let h = graph.add_node(Element::create(shape, look, orientation, size));
+                nodes.insert(step, h);
+                h
+            }
+        };
+        if let Some((from, from_handle)) = previous
+            && from_handle != handle
+        {
+            graph.add_edge(
+                Arrow::simple(relation(&from.kind, &step.kind)),
+                from_handle,
+                handle,
+            );
+        }
+        previous = Some((step, handle));
+    }
+    let mut svg = SVGWriter::new();
+    graph.do_it(false, false, false, &mut svg);
+    let drawing = svg.finalize();
+    // Inline SVG in HTML needs no XML prolog.
+    let drawing = match drawing.find("<svg") {
+        Some(start) => drawing[start..].to_string(),
+        None => drawing,
+    };
+    fit_height(&drawing)
+}
+
+/// layout-rs sizes a left-to-right drawing's height by its nodes' widths, leaving a tall blank
+/// band under a one-row chain; the drawing is cut to the lowest box, label or line it holds.
+fn fit_height(svg: &str) -> String {
+    let number = |tag: &str, name: &str| -> Option<f64> {
+        let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+        let end = start + tag[start..].find('"')?;
+        tag[start..end].trim().parse().ok()
+    };
+    let mut bottom: f64 = 0.0;
+    for tag in svg.split('<').skip(1) {
+        let tag = tag.split('>').next().unwrap_or_default();
+        if tag.starts_with("rect") {
+            bottom =
+                bottom.max(number(tag, "y").unwrap_or(0.0) + number(tag, "height").unwrap_or(0.0));
+        } else if tag.starts_with("text") {
+            bottom = bottom.max(number(tag, "y").unwrap_or(0.0));
+        } else if tag.starts_with("path")
+            && let Some(start) = tag.find(" d=\"")
+        {
+            // Path data: y is every second number (absolute commands only in this writer).
+            let data = &tag[start + 4..];
+            let data = &data[..data.find('"').unwrap_or(data.len())];
+            let numbers = data
+                .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+                .filter_map(|n| n.parse::<f64>().ok());
+            for y in numbers.skip(1).step_by(2) {
+                bottom = bottom.max(y);
+            }
+        }
+    }
+    let Some(open_end) = svg.find('>') else {
+        return svg.to_string();
+    };
+    let open = &svg[..open_end];
+    let (Some(width), Some(height)) = (number(open, "width"), number(open, "height")) else {
+        return svg.to_string();
+    };
+    let fitted = (bottom + 20.0).ceil();
+    if bottom <= 0.0 || fitted >= height {
+        return svg.to_string();
+    }
+    let open_fitted = open
+        .replace(
+            &format!("height=\"{height}\""),
+            &format!("height=\"{fitted}\""),
+        )
+        .replace(
+            &format!("viewBox=\"0 0 {width} {height}\""),
+            &format!("viewBox=\"0 0 {width} {fitted}\""),
+        );
+    format!("{open_fitted}{}", &svg[open_end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(kind: &str, id: &str) -> Step {
+        Step {
+            kind: kind.into(),
+            id: id.into(),
+        }
+    }
+
+    #[test]
+    fn a_chain_draws_every_step_as_a_labelled_node() {
+        let steps = vec![
+            step("user", "alice@example.com"),
+            step("agent", "agt_planner"),
+            step("credential", &format!("k1a2b3c4d:{}", "ab".repeat(32))),
+            step("operation", "orders DELETE /orders/{id}"),
+            step("resource", "db:shop.orders"),
+        ];
+        let svg = draw(&steps);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(svg.contains("alice@example.com"));
+        assert!(svg.contains("agt_planner"));
+        assert!(svg.contains("k1a2b3c4d:abababab…"), "{svg}");
+        assert!(!svg.contains(&"ab".repeat(32)), "fingerprint drawn in full");
+        assert!(svg.contains("db:shop.orders"));
+        assert!(svg.contains("invoked") && svg.contains("affected"));
+        assert!(svg.contains("fef3c7"), "credential colour");
+        // One row of boxes: the drawing is cut to it, not as tall as the widest box.
+        let height: f64 = svg
+            .split("height=\"")
+            .nth(1)
+            .and_then(|h| h.split('"').next())
+            .and_then(|h| h.parse().ok())
+            .unwrap();
+        assert!(height < 150.0, "{height}");
+    }
+}

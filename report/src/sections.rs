@@ -1,0 +1,383 @@
+//! The report's sections: each is SQL over the query layer plus its answer.
+
+use std::time::Instant;
+
+use arrow::array::RecordBatch;
+use chrono::Utc;
+use idtrail_query::QueryEngine;
+use serde::Serialize;
+
+use crate::error::{ReportError, Result};
+use crate::graph::{ChainDrawing, chain_drawings};
+use crate::scope::{Scope, ScopeInfo, literal, rfc3339};
+use crate::table::Table;
+
+/// How much a report holds.
+#[derive(Debug, Clone)]
+pub struct ReportOptions {
+    /// Rows kept per table (the timeline, the blast radius…); the section says when it cut.
+    pub max_rows: usize,
+    /// Distinct chain shapes drawn.
+    pub max_chains: usize,
+    /// `blast_radius` depth.
+    pub max_depth: u32,
+    /// Credentials whose blast radius is shown when the scope is not one identity.
+    pub max_blast_credentials: usize,
+}
+
+impl Default for ReportOptions {
+    fn default() -> Self {
+        ReportOptions {
+            max_rows: 500,
+            max_chains: 25,
+            max_depth: 6,
+            max_blast_credentials: 5,
+        }
+    }
+}
+
+/// A whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub title: String,
+    pub scope: ScopeInfo,
+    pub generated_at: String,
+    /// Key figures, in order.
+    pub summary: Vec<Figure>,
+    pub sections: Vec<Section>,
+    /// Time taken to run every query, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub label: String,
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    pub id: &'static str,
+    pub title: &'static str,
+    /// What the section shows and how to read it.
+    pub intro: String,
+    /// The queries behind it, runnable as they stand.
+    pub sql: Vec<String>,
+    pub table: Table,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chains: Vec<ChainDrawing>,
+}
+
+impl Report {
+    pub fn section(&self, id: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.id == id)
+    }
+}
+
+/// Runs every section's queries for `scope`.
+pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions) -> Result<Report> {
+    let started = Instant::now();
+    let scoped = scope.scoped_cte();
+    let limit = options.max_rows + 1;
+    let mut sections = Vec::new();
+
+    let summary_sql = format!(
+        "{scoped}\n\
+         SELECT count(*) AS side_effects,\n       \
+                sum(CASE WHEN effect_is_write THEN 1 ELSE 0 END) AS writes,\n       \
+                sum(CASE WHEN NOT traceable THEN 1 ELSE 0 END) AS unattributed,\n       \
+                count(DISTINCT user_id) AS users,\n       \
+                cardinality(array_distinct(flatten(array_agg(agents)))) AS agents,\n       \
+                count(DISTINCT credential_fp) AS credentials,\n       \
+                count(DISTINCT trace_id) AS traces,\n       \
+                date_trunc('second', min(time)) AS first_action,\n       \
+                date_trunc('second', max(time)) AS last_action\n\
+         FROM scoped"
+    );
+    let summary = run(engine, "summary", &summary_sql, 1).await?;
+    let figures = summary
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, label)| Figure {
+            label: label.replace('_', " "),
+            value: summary
+                .rows
+                .first()
+                .and_then(|r| r.get(i))
+                .cloned()
+                .unwrap_or(serde_json::Value::Null),
+        })
+        .collect();
+
+    let chains_sql = format!(
+        "{scoped}\n\
+         SELECT path, time, traceable, trace_id FROM scoped ORDER BY time, trace_id, effect_span_id"
+    );
+    let batches = collect(engine, "chains", &chains_sql).await?;
+    let (drawings, more) = chain_drawings(&batches, options.max_chains);
+    let mut chains_table = Table {
+        columns: vec![
+            "chain".into(),
+            "times".into(),
+            "first_seen".into(),
+            "last_seen".into(),
+            "traceable".into(),
+            "example_trace_id".into(),
+        ],
+        rows: Vec::new(),
+        truncated: more,
+    };
+    for drawing in &drawings {
+        chains_table.rows.push(vec![
+            drawing
+                .steps
+                .iter()
+                .map(|s| format!("{}:{}", s.kind, s.id))
+                .collect::<Vec<_>>()
+                .join(" → ")
+                .into(),
+            drawing.times.into(),
+            drawing.first_seen.clone().into(),
+            drawing.last_seen.clone().into(),
+            drawing.traceable.into(),
+            drawing.example_trace_id.clone().into(),
+        ]);
+    }
+    sections.push(Section {
+        id: "chains",
+        title: "Chains",
+        intro: "Each distinct chain (user → agents → credential → API hops → effect) in scope, \
+                drawn once with how often it occurred."
+            .into(),
+        sql: vec![chains_sql],
+        table: chains_table,
+        chains: drawings,
+    });
+
+    let timeline_sql = format!(
+        "{scoped}\n\
+         SELECT time, effect_operation AS operation, effect_target AS target,\n       \
+                effect_service AS service, user_id, array_to_string(agents, ' > ') AS agents,\n       \
+                credential_fp, traceable, approved_owner, trace_id, effect_span_id\n\
+         FROM scoped ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
+    );
+    sections.push(Section {
+        id: "timeline",
+        title: "Timeline of actions",
+        intro: "Every side effect in scope (newest revision of its chain), oldest first: what \
+                was done, by whom, through which agents and with which credential."
+            .into(),
+        table: run(engine, "timeline", &timeline_sql, options.max_rows).await?,
+        sql: vec![timeline_sql],
+        chains: Vec::new(),
+    });
+
+    sections.push(blast_radius(engine, scope, options, &scoped).await?);
+
+    let revoke_sql = format!(
+        "{scoped},\n\
+         involved AS (\n  \
+           SELECT DISTINCT step['id'] AS credential_fp\n  \
+           FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+           WHERE step['kind'] = 'credential'),\n\
+         derived AS (\n  \
+           SELECT DISTINCT e.src_id AS credential_fp\n  \
+           FROM edges e JOIN involved i ON e.dst_id = i.credential_fp\n  \
+           WHERE e.relation = 'derived_from'\n    \
+             AND e.src_id NOT IN (SELECT credential_fp FROM involved)),\n\
+         candidates AS (\n  \
+           SELECT credential_fp, 'used in scope' AS reason FROM involved\n  \
+           UNION ALL\n  \
+           SELECT credential_fp, 'exchanged from a credential in scope' AS reason FROM derived)\n\
+         SELECT k.credential_fp, k.reason, min(s.credential_kind) AS kind,\n       \
+                min(s.token_iss) AS issuer, min(s.token_sub) AS subject,\n       \
+                max(s.token_expires_at) AS expires_at,\n       \
+                min(s.start_time) AS first_seen, max(s.start_time) AS last_seen,\n       \
+                array_to_string(array_sort(array_agg(DISTINCT s.service_name)), ', ') AS seen_in,\n       \
+                count(*) AS spans\n\
+         FROM candidates k JOIN spans s ON s.credential_fp = k.credential_fp\n\
+         GROUP BY k.credential_fp, k.reason\n\
+         ORDER BY last_seen DESC, k.credential_fp LIMIT {limit}"
+    );
+    sections.push(Section {
+        id: "revoke",
+        title: "Credentials to revoke",
+        intro: "Every credential on a chain in scope, and every token exchanged from one of \
+                them: rotate or revoke these. `seen_in` lists the services that carried each."
+            .into(),
+        table: run(engine, "revoke", &revoke_sql, options.max_rows).await?,
+        sql: vec![revoke_sql],
+        chains: Vec::new(),
+    });
+
+    let unattributed_sql = format!(
+        "{scoped}\n\
+         SELECT time, effect_operation AS operation, effect_target AS target,\n       \
+                effect_service AS service, array_to_string(agents, ' > ') AS agents,\n       \
+                credential_fp, array_to_string(missing, ', ') AS missing, trace_id, effect_span_id\n\
+         FROM scoped WHERE NOT traceable\n\
+         ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
+    );
+    sections.push(Section {
+        id: "unattributed",
+        title: "Actions nobody can be attributed to",
+        intro: "Side effects with neither a human at the head of their chain nor an approved \
+                owner vouching for an agent, credential or service on it. `missing` names the \
+                links the traces did not show."
+            .into(),
+        table: run(engine, "unattributed", &unattributed_sql, options.max_rows).await?,
+        sql: vec![unattributed_sql],
+        chains: Vec::new(),
+    });
+
+    let findings_sql = format!(
+        "{scoped},\n\
+         subjects AS (\n  \
+           SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
+           FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+           UNION\n  \
+           SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
+           WHERE effect_service IS NOT NULL),\n\
+         traces AS (SELECT DISTINCT trace_id FROM scoped),\n\
+         matched AS (\n  \
+           SELECT f.* FROM findings f\n  \
+           JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
+           UNION\n  \
+           SELECT f.* FROM findings f JOIN traces t ON t.trace_id = f.trace_id)\n\
+         SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
+                trace_id\n\
+         FROM matched\n\
+         ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1\n                  \
+                  WHEN 'medium' THEN 2 ELSE 3 END, rule_id, subject_id, time\n\
+         LIMIT {limit}"
+    );
+    sections.push(Section {
+        id: "findings",
+        title: "Findings",
+        intro: "Detection rules (`idtrail findings --list`) that fired on an identity or a \
+                trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
+                item."
+            .into(),
+        table: run(engine, "findings", &findings_sql, options.max_rows).await?,
+        sql: vec![findings_sql],
+        chains: Vec::new(),
+    });
+
+    sections.insert(
+        0,
+        Section {
+            id: "summary",
+            title: "Summary",
+            intro: format!("Side effects in scope: {}.", scope.describe()),
+            sql: vec![summary_sql],
+            table: summary,
+            chains: Vec::new(),
+        },
+    );
+    Ok(Report {
+        title: format!("idtrail incident report: {}", scope.describe()),
+        scope: scope.info(),
+        generated_at: rfc3339(&Utc::now()),
+        summary: figures,
+        sections,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Observed versus potential reach of the subject, or of the busiest credentials in scope.
+async fn blast_radius(
+    engine: &QueryEngine,
+    scope: &Scope,
+    options: &ReportOptions,
+    scoped: &str,
+) -> Result<Section> {
+    let starts: Vec<(String, String)> = match scope.identity() {
+        Some((kind, id)) => vec![(kind.to_string(), id.to_string())],
+        None => {
+            let sql = format!(
+                "{scoped}\n\
+                 SELECT credential_fp FROM scoped WHERE credential_fp IS NOT NULL\n\
+                 GROUP BY credential_fp ORDER BY count(*) DESC, credential_fp LIMIT {}",
+                options.max_blast_credentials
+            );
+            let table = run(engine, "blast_radius", &sql, options.max_blast_credentials).await?;
+            (0..table.rows.len())
+                .map(|r| ("credential".to_string(), table.text(r, "credential_fp")))
+                .collect()
+        }
+    };
+    let mut table = Table::default();
+    let mut sql = Vec::new();
+    for (kind, id) in &starts {
+        let query = format!(
+            "SELECT {kind_lit} AS start_kind, {id_lit} AS start_id, reach, kind, id, depth,\n       \
+                    granted, relation, array_to_string(path, ' → ') AS path, last_seen\n\
+             FROM blast_radius({kind_lit}, {id_lit}, {depth})\n\
+             WHERE reach <> 'start'\n\
+             ORDER BY reach, depth, kind, id LIMIT {limit}",
+            kind_lit = literal(kind),
+            id_lit = literal(id),
+            depth = options.max_depth,
+            limit = options.max_rows + 1,
+        );
+        let part = run(engine, "blast_radius", &query, options.max_rows).await?;
+        if table.columns.is_empty() {
+            table.columns = part.columns.clone();
+        }
+        table.truncated |= part.truncated;
+        table.rows.extend(part.rows);
+        sql.push(query);
+    }
+    let observed = count_reach(&table, "observed");
+    let potential = count_reach(&table, "potential");
+    let subject = match scope.identity() {
+        Some(_) => "The subject".to_string(),
+        None => format!("The {} credential(s) used most in scope", starts.len()),
+    };
+    Ok(Section {
+        id: "blast_radius",
+        title: "Blast radius: observed versus potential",
+        intro: format!(
+            "{subject}: nodes reached within {} hops. Observed ({observed}) were reached \
+             through recorded edges; potential ({potential}) are reachable only through grants: \
+             privilege held but never used, the first to remove.",
+            options.max_depth
+        ),
+        sql,
+        table,
+        chains: Vec::new(),
+    })
+}
+
+fn count_reach(table: &Table, reach: &str) -> usize {
+    (0..table.rows.len())
+        .filter(|&r| table.text(r, "reach") == reach)
+        .count()
+}
+
+async fn collect(
+    engine: &QueryEngine,
+    section: &'static str,
+    sql: &str,
+) -> Result<Vec<RecordBatch>> {
+    engine
+        .sql(sql, Vec::new())
+        .await
+        .map(|(_, batches)| batches)
+        .map_err(|source| ReportError::Query { section, source })
+}
+
+async fn run(
+    engine: &QueryEngine,
+    section: &'static str,
+    sql: &str,
+    max_rows: usize,
+) -> Result<Table> {
+    let (schema, batches) = engine
+        .sql(sql, Vec::new())
+        .await
+        .map_err(|source| ReportError::Query { section, source })?;
+    let columns = schema.fields().iter().map(|f| f.name().clone()).collect();
+    Ok(Table::from_batches(columns, &batches, max_rows))
+}
