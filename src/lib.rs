@@ -1,7 +1,11 @@
 //! Library side of the `idtrail` binary: the parts of the command line that are more than
 //! wiring. The pipeline itself lives in the workspace crates (`idtrail-collector`, …).
 
+pub mod demo;
+pub mod export;
+pub mod findings;
 pub mod query;
+pub mod report;
 pub mod restitch;
 pub mod serve;
 pub mod workload;

@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Try idtrail in a minute: run the pipeline on a local directory, send it generated
+    /// traces over OTLP, then answer attribution questions, list findings and write a report.
+    Demo(idtrail::demo::DemoArgs),
     /// Run the collector: OTLP/gRPC and OTLP/HTTP in, scrubbed spans out as Parquet.
     Serve(ServeArgs),
     /// Generate realistic identity-lineage traces and export them over OTLP to any endpoint.
@@ -30,6 +33,14 @@ enum Command {
     /// Run SQL over the stored tables: one statement, a file of them, or an interactive
     /// prompt; locally (read-only, beside a running collector) or against `--server`.
     Query(idtrail::query::QueryArgs),
+    /// Findings of the detection rules (OWASP Non-Human Identities Top 10), or the rules.
+    Findings(idtrail::findings::FindingsArgs),
+    /// An incident report for a credential, user, agent, trace, resource or time window:
+    /// one self-contained HTML file (or Markdown, or JSON).
+    Report(idtrail::report::ReportArgs),
+    /// Export the lineage graph for another tool: `idtrail export bloodhound` writes
+    /// BloodHound OpenGraph JSON.
+    Export(idtrail::export::ExportArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +122,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(&config);
             runtime.block_on(idtrail::serve::run(config, shutdown_signal()))?;
         }
+        Command::Demo(args) => idtrail::demo::run(&args, &runtime)?,
         Command::Gen(args) => runtime.block_on(idtrail::workload::run(args))?,
         Command::Restitch(args) => {
             let config = args.config()?;
@@ -118,6 +130,9 @@ fn main() -> anyhow::Result<()> {
             idtrail::restitch::run(&args, &config)?;
         }
         Command::Query(args) => std::process::exit(idtrail::query::run(args, &runtime)),
+        Command::Findings(args) => std::process::exit(idtrail::findings::run(args, &runtime)),
+        Command::Report(args) => idtrail::report::run(&args, &runtime)?,
+        Command::Export(args) => std::process::exit(idtrail::export::run(args, &runtime)),
     }
     Ok(())
 }

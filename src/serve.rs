@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use idtrail_collector::Config;
+pub use idtrail_collector::server::BoundAddresses;
 use idtrail_query::auth::BearerKeys;
 use idtrail_query::{QueryEngine, QueryOptions};
 use tokio::sync::watch;
@@ -14,6 +15,15 @@ use tokio::sync::watch;
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with(config, shutdown, |_| {}).await
+}
+
+/// [`run`], telling `on_bound` the OTLP addresses once they listen (port 0 picks free ports).
+pub async fn run_with(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(BoundAddresses) + Send,
 ) -> anyhow::Result<()> {
     let engine = QueryEngine::new(QueryOptions::from_config(
         config.data_dir.clone(),
@@ -49,7 +59,7 @@ pub async fn run(
         None => None,
     };
 
-    let collected = idtrail_collector::server::serve(config, routes, shutdown, |_| {}).await;
+    let collected = idtrail_collector::server::serve(config, routes, shutdown, on_bound).await;
     let _ = stop_tx.send(true);
     if let Some(flight) = flight {
         match flight.await {

@@ -1,0 +1,208 @@
+//! `idtrail findings`: the detection rules' findings (the `findings` view), filtered, in any of
+//! `idtrail query`'s formats, from the data directory or a running collector.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::query::{Format, QueryArgs};
+
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  idtrail findings                          # every finding, most severe first
+  idtrail findings --summary                # one line per rule, with its count
+  idtrail findings --list                   # the rules: id, severity, OWASP NHI item, title
+  idtrail findings --min-severity high --since 2026-11-22T00:00:00Z --format json
+  idtrail findings --rule long_lived_token --rule use_after_revocation")]
+pub struct FindingsArgs {
+    /// Only these rules (repeatable; ids as `--list` shows them).
+    #[arg(long = "rule", value_name = "ID")]
+    pub rules: Vec<String>,
+    /// Only findings at least this severe.
+    #[arg(long, value_enum)]
+    pub min_severity: Option<Severity>,
+    /// Only findings observed at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only findings observed before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// One row per rule with its number of findings (rules that found nothing included).
+    #[arg(long, conflicts_with = "list")]
+    pub summary: bool,
+    /// The rules themselves instead of their findings.
+    #[arg(long)]
+    pub list: bool,
+    /// How answers print.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Ask a running collector (its HTTP address) instead of reading the data directory.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Bearer key for --server.
+    #[arg(
+        long,
+        env = "IDTRAIL_QUERY_TOKEN",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub token: Option<String>,
+    /// YAML config file, the collector's (data_dir, owners/grants files, rules_dirs).
+    #[arg(long, short, env = "IDTRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default: the config's, else ./idtrail-data).
+    #[arg(long, env = "IDTRAIL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Override any config field: `--set query.rules_dirs=[./rules]` (repeatable).
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.to_utc())
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-22T10:00:00Z: {e}"))
+}
+
+/// Severity as a sortable number in SQL (critical first).
+pub const SEVERITY_RANK: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 \
+                                 WHEN 'medium' THEN 2 ELSE 3 END";
+
+impl FindingsArgs {
+    /// The statement this invocation runs.
+    pub fn sql(&self) -> String {
+        if self.list {
+            return format!(
+                "SELECT id, severity, owasp_nhi, owasp_title, title, origin FROM detection_rules \
+                 ORDER BY {SEVERITY_RANK}, id"
+            );
+        }
+        if self.summary {
+            // Time filters narrow the findings joined in, so a rule that found nothing in the
+            // window is still listed, with zero.
+            let join: String = self
+                .time_filters("f.time")
+                .iter()
+                .map(|f| format!(" AND {f}"))
+                .collect();
+            return format!(
+                "SELECT r.severity, r.id AS rule_id, r.owasp_nhi, r.title,\n       \
+                        count(f.rule_id) AS findings, max(f.time) AS last_seen\n\
+                 FROM detection_rules r\n\
+                 LEFT JOIN findings f ON f.rule_id = r.id{join}\n\
+                 WHERE {filter}\n\
+                 GROUP BY r.severity, r.id, r.owasp_nhi, r.title\n\
+                 ORDER BY {rank}, r.id",
+                filter = all(self.rule_filters("r.id", "r.severity")),
+                rank = SEVERITY_RANK.replace("severity", "r.severity"),
+            );
+        }
+        let mut filters = self.rule_filters("rule_id", "severity");
+        filters.extend(self.time_filters("time"));
+        format!(
+            "SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
+                    trace_id, span_id\n\
+             FROM findings\n\
+             WHERE {filter}\n\
+             ORDER BY {SEVERITY_RANK}, rule_id, time DESC, subject_id",
+            filter = all(filters)
+        )
+    }
+
+    fn rule_filters(&self, id: &str, severity: &str) -> Vec<String> {
+        let mut filters = Vec::new();
+        if !self.rules.is_empty() {
+            let ids: Vec<String> = self.rules.iter().map(|r| literal(r)).collect();
+            filters.push(format!("{id} IN ({})", ids.join(", ")));
+        }
+        if let Some(min) = self.min_severity {
+            let allowed: Vec<String> = [
+                Severity::Critical,
+                Severity::High,
+                Severity::Medium,
+                Severity::Low,
+            ]
+            .into_iter()
+            .filter(|s| *s <= min)
+            .map(|s| literal(severity_name(s)))
+            .collect();
+            filters.push(format!("{severity} IN ({})", allowed.join(", ")));
+        }
+        filters
+    }
+
+    fn time_filters(&self, time: &str) -> Vec<String> {
+        let mut filters = Vec::new();
+        if let Some(since) = &self.since {
+            filters.push(format!(
+                "{time} >= CAST({} AS TIMESTAMP)",
+                literal(&rfc3339(since))
+            ));
+        }
+        if let Some(until) = &self.until {
+            filters.push(format!(
+                "{time} < CAST({} AS TIMESTAMP)",
+                literal(&rfc3339(until))
+            ));
+        }
+        filters
+    }
+
+    fn query_args(&self) -> QueryArgs {
+        QueryArgs {
+            sql: Some(self.sql()),
+            file: None,
+            interactive: false,
+            param: Vec::new(),
+            format: self.format,
+            output: self.output.clone(),
+            server: self.server.clone(),
+            token: self.token.clone(),
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            set: self.set.clone(),
+        }
+    }
+}
+
+/// `a AND b AND …`, or `true` for none.
+fn all(filters: Vec<String>) -> String {
+    if filters.is_empty() {
+        "true".to_string()
+    } else {
+        filters.join(" AND ")
+    }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Critical => "critical",
+        Severity::High => "high",
+        Severity::Medium => "medium",
+        Severity::Low => "low",
+    }
+}
+
+fn rfc3339(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Runs `idtrail findings`; returns the exit code.
+pub fn run(args: FindingsArgs, runtime: &tokio::runtime::Runtime) -> i32 {
+    crate::query::run(args.query_args(), runtime)
+}
