@@ -415,7 +415,7 @@ async fn answer(options: &QueryOptions, dir: &Path, config: &Path) -> anyhow::Re
     print_batches(&batches)?;
 
     // A report on the credential behind the most side effects among those a high or critical
-    // finding names (else the busiest one): the report has chains to draw and findings to show.
+    // finding names and agents used (else the busiest one): chains to draw, findings to show.
     let pick = "WITH flagged AS (
           SELECT DISTINCT subject_id AS credential_fp FROM findings
           WHERE subject_kind = 'credential' AND severity IN ('critical', 'high'))
@@ -423,7 +423,8 @@ async fn answer(options: &QueryOptions, dir: &Path, config: &Path) -> anyhow::Re
         LEFT JOIN flagged f ON f.credential_fp = c.credential_fp
         WHERE c.credential_fp IS NOT NULL
         GROUP BY c.credential_fp
-        ORDER BY bool_or(f.credential_fp IS NOT NULL) DESC, count(*) DESC, c.credential_fp
+        ORDER BY bool_or(f.credential_fp IS NOT NULL) DESC,
+                 bool_or(cardinality(c.agents) > 0) DESC, count(*) DESC, c.credential_fp
         LIMIT 1";
     let (_, batches) = engine.sql(pick, Vec::new()).await?;
     let credential = first_text(&batches);

@@ -256,4 +256,138 @@ async fn golden_sql_files_answer_as_recorded() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // The same data set answers incident reports (idtrail-report), section by section.
+    reports_answer_for_the_scenarios(&engine, &data.symbols).await;
+}
+
+/// Reports over the golden data set: what each section holds for a credential, a resource and
+/// an empty window, and that the documents render without a raw secret.
+async fn reports_answer_for_the_scenarios(engine: &QueryEngine, symbols: &Symbols) {
+    use idtrail_report::{ReportOptions, Scope, Subject, render};
+    let fp = |name: &str| symbols.substitute(&format!("{{{{fp:{name}}}}}"));
+    let column = |table: &idtrail_report::table::Table, name: &str| -> Vec<String> {
+        (0..table.rows.len())
+            .map(|r| symbols.symbolize(&table.text(r, name)))
+            .collect()
+    };
+    let build = |subject: Subject| async {
+        let scope = Scope::new(subject, None, None).expect("scope");
+        idtrail_report::build(engine, &scope, &ReportOptions::default())
+            .await
+            .expect("report")
+    };
+
+    // Alice's token: the delegated chain to the deleted order, both tokens to revoke, the
+    // scopes she never used, and what the token reaches.
+    let alice = build(Subject::Credential(fp(
+        "human_agent_delegation/alice_token",
+    )))
+    .await;
+    let chains = alice.section("chains").expect("chains section");
+    assert!(
+        chains.chains.iter().any(|c| {
+            c.steps
+                .iter()
+                .any(|s| s.id == fp("human_agent_delegation/delegated_token"))
+                && c.steps.iter().any(|s| s.id == "db:shop.orders")
+                && c.steps.first().is_some_and(|s| s.id == "alice@example.com")
+        }),
+        "no drawn chain alice → … → delegated token → db:shop.orders: {:?}",
+        chains.chains.iter().map(|c| &c.steps).collect::<Vec<_>>()
+    );
+    assert!(chains.chains.iter().all(|c| !c.svg.is_empty()));
+    let revoke = column(
+        &alice.section("revoke").expect("revoke").table,
+        "credential_fp",
+    );
+    for token in [
+        "fp(human_agent_delegation/alice_token)",
+        "fp(human_agent_delegation/delegated_token)",
+    ] {
+        assert!(
+            revoke.iter().any(|c| c == token),
+            "{token} not in {revoke:?}"
+        );
+    }
+    let findings = alice.section("findings").expect("findings").table.clone();
+    let rules = column(&findings, "rule_id");
+    let subjects = column(&findings, "subject_id");
+    assert!(
+        rules
+            .iter()
+            .zip(&subjects)
+            .any(|(r, s)| r == "granted_scope_unused"
+                && s == "fp(human_agent_delegation/alice_token)"),
+        "{rules:?} {subjects:?}"
+    );
+    let blast = &alice.section("blast_radius").expect("blast radius").table;
+    let reached: Vec<(String, String)> = column(blast, "reach")
+        .into_iter()
+        .zip(column(blast, "id"))
+        .collect();
+    assert!(
+        reached.contains(&("observed".into(), "db:shop.orders".into())),
+        "{reached:?}"
+    );
+    assert!(
+        reached.iter().any(|(reach, _)| reach == "potential"),
+        "{reached:?}"
+    );
+
+    // A resource: the rogue agent's delete, nobody behind it, and its findings.
+    let events = build(Subject::Resource("db:warehouse.events".into())).await;
+    let timeline = &events.section("timeline").expect("timeline").table;
+    assert_eq!(column(timeline, "agents"), vec!["agt_rogue"]);
+    let unattributed = &events.section("unattributed").expect("unattributed").table;
+    assert_eq!(column(unattributed, "operation"), vec!["DELETE"]);
+    let rules = column(
+        &events.section("findings").expect("findings").table,
+        "rule_id",
+    );
+    for rule in ["unattributed_agent_write", "long_lived_token"] {
+        assert!(rules.iter().any(|r| r == rule), "{rule} not in {rules:?}");
+    }
+
+    // An empty window: every section answers, with nothing in it.
+    let from = chrono::DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z").expect("time");
+    let to = chrono::DateTime::parse_from_rfc3339("2020-01-02T00:00:00Z").expect("time");
+    let scope = Scope::new(Subject::Window, Some(from.to_utc()), Some(to.to_utc())).expect("scope");
+    let empty = idtrail_report::build(engine, &scope, &ReportOptions::default())
+        .await
+        .expect("empty report");
+    assert_eq!(
+        idtrail_report::table::value_text(&empty.summary[0].value),
+        "0"
+    );
+    assert!(
+        empty
+            .sections
+            .iter()
+            .skip(1)
+            .all(|s| s.table.rows.is_empty())
+    );
+
+    // The documents: every section, its SQL, and no JWT-shaped text.
+    let html = render::html(&alice);
+    for id in [
+        "summary",
+        "chains",
+        "timeline",
+        "blast_radius",
+        "revoke",
+        "unattributed",
+        "findings",
+    ] {
+        assert!(
+            html.contains(&format!("<section id=\"{id}\">")),
+            "no section {id}"
+        );
+    }
+    assert!(html.contains("<svg") && html.contains("WITH hits AS"));
+    assert!(!html.contains("eyJ"), "a JWT in the report");
+    let markdown = render::markdown(&alice);
+    assert!(markdown.contains("## Credentials to revoke") && markdown.contains("```sql"));
+    let json = serde_json::to_value(&alice).expect("json");
+    assert_eq!(json["sections"].as_array().map(|s| s.len()), Some(7));
 }
