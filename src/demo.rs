@@ -62,12 +62,7 @@ grants:
 pub fn run(args: &DemoArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let started = Instant::now();
     // The collector runs inside this process: only its warnings show, beside the progress.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_cli_logging();
     prepare_dir(&args.dir)?;
     let dir = args
         .dir
@@ -435,7 +430,13 @@ async fn answer(options: &QueryOptions, dir: &Path, config: &Path) -> anyhow::Re
             Vec::new(),
         )
         .await?;
-    let user = first_text(&batches).unwrap_or_else(|| "alice@example.com".into());
+    // The suggestions paste the user id into SQL and shell lines: only a plain one is used.
+    let user = first_text(&batches)
+        .filter(|u| {
+            u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "@._-+".contains(c))
+        })
+        .unwrap_or_else(|| "alice@example.com".into());
     let report_path = dir.join("report.html");
     let config = config.display();
     if let Some(credential) = &credential {
@@ -454,7 +455,7 @@ async fn answer(options: &QueryOptions, dir: &Path, config: &Path) -> anyhow::Re
             &bar,
             format!(
                 "incident report for credential {}… written in {} ms",
-                &credential[..credential.len().min(12)],
+                credential.chars().take(18).collect::<String>(),
                 report.elapsed_ms
             ),
         );

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+use idtrail_query::sql::{literal, timestamp};
 
 use crate::query::{Format, QueryArgs};
 
@@ -22,10 +23,10 @@ pub struct FindingsArgs {
     #[arg(long, value_enum)]
     pub min_severity: Option<Severity>,
     /// Only findings observed at or after this time (RFC 3339).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = idtrail_query::sql::parse_rfc3339)]
     pub since: Option<DateTime<Utc>>,
     /// Only findings observed before this time (RFC 3339).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = idtrail_query::sql::parse_rfc3339)]
     pub until: Option<DateTime<Utc>>,
     /// One row per rule with its number of findings (rules that found nothing included).
     #[arg(long, conflicts_with = "list")]
@@ -50,17 +51,11 @@ pub struct FindingsArgs {
         value_name = "KEY"
     )]
     pub token: Option<String>,
-    /// YAML config file, the collector's (data_dir, owners/grants files, rules_dirs).
-    #[arg(long, short, env = "IDTRAIL_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Data directory (default: the config's, else ./idtrail-data).
-    #[arg(long, env = "IDTRAIL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Override any config field: `--set query.rules_dirs=[./rules]` (repeatable).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub data: crate::DataArgs,
 }
 
+/// The rules' severities, as the command line takes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
 pub enum Severity {
     Critical,
@@ -69,24 +64,24 @@ pub enum Severity {
     Low,
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.to_utc())
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-22T10:00:00Z: {e}"))
+impl From<Severity> for idtrail_query::findings::Severity {
+    fn from(s: Severity) -> Self {
+        match s {
+            Severity::Critical => Self::Critical,
+            Severity::High => Self::High,
+            Severity::Medium => Self::Medium,
+            Severity::Low => Self::Low,
+        }
+    }
 }
-
-/// Severity as a sortable number in SQL (critical first).
-pub const SEVERITY_RANK: &str = "CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 \
-                                 WHEN 'medium' THEN 2 ELSE 3 END";
 
 impl FindingsArgs {
     /// The statement this invocation runs.
     pub fn sql(&self) -> String {
         if self.list {
-            return format!(
-                "SELECT id, severity, owasp_nhi, owasp_title, title, origin FROM detection_rules \
-                 ORDER BY {SEVERITY_RANK}, id"
-            );
+            return "SELECT id, severity, owasp_nhi, owasp_title, title, origin FROM detection_rules \
+                    ORDER BY severity_rank, id"
+                .to_string();
         }
         if self.summary {
             // Time filters narrow the findings joined in, so a rule that found nothing in the
@@ -102,10 +97,9 @@ impl FindingsArgs {
                  FROM detection_rules r\n\
                  LEFT JOIN findings f ON f.rule_id = r.id{join}\n\
                  WHERE {filter}\n\
-                 GROUP BY r.severity, r.id, r.owasp_nhi, r.title\n\
-                 ORDER BY {rank}, r.id",
+                 GROUP BY r.severity_rank, r.severity, r.id, r.owasp_nhi, r.title\n\
+                 ORDER BY r.severity_rank, r.id",
                 filter = all(self.rule_filters("r.id", "r.severity")),
-                rank = SEVERITY_RANK.replace("severity", "r.severity"),
             );
         }
         let mut filters = self.rule_filters("rule_id", "severity");
@@ -115,7 +109,7 @@ impl FindingsArgs {
                     trace_id, span_id\n\
              FROM findings\n\
              WHERE {filter}\n\
-             ORDER BY {SEVERITY_RANK}, rule_id, time DESC, subject_id",
+             ORDER BY severity_rank, rule_id, time DESC, subject_id",
             filter = all(filters)
         )
     }
@@ -135,7 +129,7 @@ impl FindingsArgs {
             ]
             .into_iter()
             .filter(|s| *s <= min)
-            .map(|s| literal(severity_name(s)))
+            .map(|s| literal(idtrail_query::findings::Severity::from(s).as_str()))
             .collect();
             filters.push(format!("{severity} IN ({})", allowed.join(", ")));
         }
@@ -145,16 +139,10 @@ impl FindingsArgs {
     fn time_filters(&self, time: &str) -> Vec<String> {
         let mut filters = Vec::new();
         if let Some(since) = &self.since {
-            filters.push(format!(
-                "{time} >= CAST({} AS TIMESTAMP)",
-                literal(&rfc3339(since))
-            ));
+            filters.push(format!("{time} >= {}", timestamp(since)));
         }
         if let Some(until) = &self.until {
-            filters.push(format!(
-                "{time} < CAST({} AS TIMESTAMP)",
-                literal(&rfc3339(until))
-            ));
+            filters.push(format!("{time} < {}", timestamp(until)));
         }
         filters
     }
@@ -169,9 +157,7 @@ impl FindingsArgs {
             output: self.output.clone(),
             server: self.server.clone(),
             token: self.token.clone(),
-            config: self.config.clone(),
-            data_dir: self.data_dir.clone(),
-            set: self.set.clone(),
+            data: self.data.clone(),
         }
     }
 }
@@ -183,23 +169,6 @@ fn all(filters: Vec<String>) -> String {
     } else {
         filters.join(" AND ")
     }
-}
-
-fn severity_name(s: Severity) -> &'static str {
-    match s {
-        Severity::Critical => "critical",
-        Severity::High => "high",
-        Severity::Medium => "medium",
-        Severity::Low => "low",
-    }
-}
-
-fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Runs `idtrail findings`; returns the exit code.

@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => idtrail::demo::run(&args, &runtime)?,
         Command::Gen(args) => runtime.block_on(idtrail::workload::run(args))?,
         Command::Restitch(args) => {
-            let config = args.config()?;
+            let config = args.data.load()?;
             init_logging(&config);
             idtrail::restitch::run(&args, &config)?;
         }

@@ -23,8 +23,7 @@ use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
-use idtrail_collector::Config;
-use idtrail_query::{QueryEngine, QueryOptions};
+use idtrail_query::QueryEngine;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -75,16 +74,8 @@ pub struct QueryArgs {
         value_name = "KEY"
     )]
     pub token: Option<String>,
-    /// YAML config file, the collector's: its data_dir and query section (memory limit,
-    /// timeout, owners and grants files).
-    #[arg(long, short, env = "IDTRAIL_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Data directory (default: the config's, else ./idtrail-data).
-    #[arg(long, env = "IDTRAIL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Override any config field: `--set query.timeout=5m` (repeatable).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub data: crate::DataArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -113,32 +104,10 @@ impl Format {
     }
 }
 
-impl QueryArgs {
-    pub fn config(&self) -> anyhow::Result<Config> {
-        crate::load_data_dir_config(self.config.as_deref(), &self.set, self.data_dir.as_deref())
-    }
-}
-
 /// Runs `idtrail query`; returns the process exit code (errors are printed here).
 pub fn run(args: QueryArgs, runtime: &tokio::runtime::Runtime) -> i32 {
-    init_logging();
-    match run_inner(&args, runtime) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
-}
-
-/// Warnings only (`RUST_LOG` to see more), on standard error: answers own standard output.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .try_init();
+    crate::init_cli_logging();
+    crate::exit_code(run_inner(&args, runtime))
 }
 
 fn run_inner(args: &QueryArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
@@ -246,17 +215,7 @@ impl Backend {
         if let Some(server) = &args.server {
             return Backend::remote(server, args.token.clone());
         }
-        let config = args.config()?;
-        if !config.data_dir.is_dir() {
-            bail!(
-                "no data directory at {}: pass --data-dir, or --config with the collector's config",
-                config.data_dir.display()
-            );
-        }
-        let options = QueryOptions::from_config(config.data_dir.clone(), &config.query);
-        let engine = QueryEngine::new(options)
-            .await
-            .with_context(|| format!("opening the tables in {}", config.data_dir.display()))?;
+        let engine = args.data.open_engine().await?;
         Ok(Backend::Local(engine))
     }
 

@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use std::io::Write;
+
+use anyhow::Context;
 use chrono::{DateTime, Utc};
-use idtrail_query::{QueryEngine, QueryOptions};
+use idtrail_query::QueryEngine;
 use idtrail_report::{Report, ReportOptions, Scope, Subject};
 
 #[derive(clap::Args)]
@@ -32,10 +34,10 @@ pub struct ReportArgs {
     #[arg(long, value_name = "RESOURCE")]
     pub resource: Option<String>,
     /// Only side effects at or after this time (RFC 3339).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = idtrail_query::sql::parse_rfc3339)]
     pub from: Option<DateTime<Utc>>,
     /// Only side effects before this time (RFC 3339).
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = idtrail_query::sql::parse_rfc3339)]
     pub to: Option<DateTime<Utc>>,
     /// Document format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
@@ -49,15 +51,8 @@ pub struct ReportArgs {
     /// Distinct chains drawn.
     #[arg(long, default_value_t = 25)]
     pub max_chains: usize,
-    /// YAML config file, the collector's (data_dir, owners/grants files, rules_dirs).
-    #[arg(long, short, env = "IDTRAIL_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Data directory (default: the config's, else ./idtrail-data).
-    #[arg(long, env = "IDTRAIL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Override any config field (repeatable).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub data: crate::DataArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -65,12 +60,6 @@ pub enum ReportFormat {
     Html,
     Markdown,
     Json,
-}
-
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.to_utc())
-        .map_err(|e| format!("expected an RFC 3339 time such as 2026-11-22T10:00:00Z: {e}"))
 }
 
 impl ReportArgs {
@@ -118,22 +107,10 @@ pub async fn build(engine: &QueryEngine, args: &ReportArgs) -> anyhow::Result<Re
 }
 
 pub fn run(args: &ReportArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    crate::init_cli_logging();
     let scope = args.scope()?;
-    let config =
-        crate::load_data_dir_config(args.config.as_deref(), &args.set, args.data_dir.as_deref())?;
-    if !config.data_dir.is_dir() {
-        bail!(
-            "no data directory at {}: pass --data-dir, or --config with the collector's config",
-            config.data_dir.display()
-        );
-    }
     let report = runtime.block_on(async {
-        let engine = QueryEngine::new(QueryOptions::from_config(
-            config.data_dir.clone(),
-            &config.query,
-        ))
-        .await
-        .with_context(|| format!("opening the tables in {}", config.data_dir.display()))?;
+        let engine = args.data.open_engine().await?;
         anyhow::Ok(idtrail_report::build(&engine, &scope, &args.options()).await?)
     })?;
     let text = render(&report, args.format)?;
@@ -146,19 +123,24 @@ pub fn run(args: &ReportArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Resu
     });
     if path.as_os_str() == "-" {
         print!("{text}");
-    } else {
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!(
-            "wrote {} ({}, {} side effects, {} ms)",
-            path.display(),
-            report.title,
-            report
-                .summary
-                .first()
-                .map(|f| idtrail_report::table::value_text(&f.value))
-                .unwrap_or_default(),
-            report.elapsed_ms
-        );
+        return Ok(());
     }
+    runtime
+        .block_on(crate::write_replacing(&path, |mut file| async move {
+            file.write_all(text.as_bytes())?;
+            Ok(())
+        }))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "wrote {} ({}: {} side effects, {} ms)",
+        path.display(),
+        report.title,
+        report
+            .summary
+            .first()
+            .map(|f| idtrail_report::table::value_text(&f.value))
+            .unwrap_or_default(),
+        report.elapsed_ms
+    );
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! [`idtrail_collector::stitch::rebuild::rebuild`]: flags, a progress bar on stderr, a summary
 //! for people on stderr and one for programs (JSON) on stdout.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,34 +11,24 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct RestitchArgs {
-    /// YAML config file, the collector's: restitch writes under its `writer_id` with its
-    /// `writer` settings.
-    #[arg(long, short, env = "IDTRAIL_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Data directory (default: the config's, else ./idtrail-data).
-    #[arg(long, env = "IDTRAIL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
+    /// The data directory and config (restitch writes under the config's `writer_id` with its
+    /// `writer` and `stitcher` settings).
+    #[command(flatten)]
+    pub data: crate::DataArgs,
     /// Rebuild the hour partitions from the one holding this time (RFC 3339, e.g.
     /// 2026-11-22T10:00:00Z); earlier ones are left as they are.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::parse_time_ns)]
     pub from: Option<i64>,
     /// Rebuild the hour partitions up to this time (RFC 3339, exclusive: 11:00:00Z stops after
     /// hour 10); later ones are left as they are.
-    #[arg(long, value_parser = parse_time)]
+    #[arg(long, value_parser = crate::parse_time_ns)]
     pub to: Option<i64>,
     /// No progress bar and no summary on stderr (the JSON summary still goes to stdout).
     #[arg(long, short)]
     pub quiet: bool,
-    /// Override any config field: `--set stitcher.max_buffer_bytes=4000000000` (repeatable).
-    #[arg(long = "set", value_name = "PATH=VALUE")]
-    pub set: Vec<String>,
 }
 
 impl RestitchArgs {
-    pub fn config(&self) -> anyhow::Result<Config> {
-        crate::load_data_dir_config(self.config.as_deref(), &self.set, self.data_dir.as_deref())
-    }
-
     /// The `[from, to)` range, when either end is given.
     pub fn range(&self) -> anyhow::Result<Option<TimeRange>> {
         if self.from.is_none() && self.to.is_none() {
@@ -54,14 +43,6 @@ impl RestitchArgs {
         }
         Ok(Some(range))
     }
-}
-
-/// An RFC 3339 time as ns since the epoch.
-fn parse_time(s: &str) -> Result<i64, String> {
-    let time = chrono::DateTime::parse_from_rfc3339(s)
-        .map_err(|e| format!("{e} (expected RFC 3339, e.g. 2026-11-22T10:00:00Z)"))?;
-    time.timestamp_nanos_opt()
-        .ok_or_else(|| "out of the range of ns timestamps (1677–2262)".to_string())
 }
 
 /// Runs the rebuild, then prints its summary.
@@ -163,23 +144,5 @@ impl Progress for Bar {
             "files {}/{} · spans {} · traces {} · chains {} · edges {}",
             s.files_read, self.files, s.spans_read, s.traces, s.chains, s.edges
         ));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_are_rfc3339_with_any_offset() {
-        assert_eq!(
-            parse_time("2026-11-22T10:00:00Z"),
-            Ok(1_795_341_600_000_000_000)
-        );
-        assert_eq!(
-            parse_time("2026-11-22T12:00:00+02:00"),
-            Ok(1_795_341_600_000_000_000)
-        );
-        assert!(parse_time("yesterday").is_err());
     }
 }

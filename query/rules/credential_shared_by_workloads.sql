@@ -3,17 +3,26 @@
 -- severity: high
 -- owasp_nhi: NHI9
 -- description: >
---   One credential is presented by several workloads (OWASP NHI9, reuse): a leak in any of them
---   exposes all, rotating it breaks all, and the logs of the API it opens cannot tell the
---   callers apart. Each workload should hold its own credential.
-SELECT max(last_seen) AS time,
+--   One machine credential (an API key, basic or gateway credentials, a secret in a URL, a
+--   client-credentials token) is presented by several workloads (OWASP NHI9, reuse): a leak in
+--   any of them exposes all, rotating it breaks all, and the logs of the API it opens cannot
+--   tell the callers apart. Each workload should hold its own credential.
+WITH machine AS (
+  -- Only machine credentials: a user's token relayed from service to service, or sent by a
+  -- browser to several APIs, is presented by many workloads by design.
+  SELECT DISTINCT credential_fp FROM spans
+  WHERE credential_fp IS NOT NULL
+    AND (credential_kind IN ('api_key', 'basic', 'gateway_id', 'url_secret')
+         OR (credential_kind = 'jwt' AND token_sub IS NOT NULL AND token_sub = token_client_id)))
+SELECT max(e.last_seen) AS time,
        'credential' AS subject_kind,
-       dst_id AS subject_id,
-       concat('presented by ', count(DISTINCT src_id), ' workloads: ',
-              array_to_string(array_sort(array_agg(DISTINCT src_id)), ', ')) AS detail,
-       first_value(sample_trace_id ORDER BY last_seen DESC) AS trace_id,
+       e.dst_id AS subject_id,
+       concat('presented by ', count(DISTINCT e.src_id), ' workloads: ',
+              array_to_string(array_sort(array_agg(DISTINCT e.src_id)), ', ')) AS detail,
+       first_value(e.sample_trace_id ORDER BY e.last_seen DESC) AS trace_id,
        CAST(NULL AS VARCHAR) AS span_id
-FROM edges
-WHERE relation = 'presented' AND src_kind = 'workload'
-GROUP BY dst_id
-HAVING count(DISTINCT src_id) > 1
+FROM edges e
+JOIN machine m ON m.credential_fp = e.dst_id
+WHERE e.relation = 'presented' AND e.src_kind = 'workload'
+GROUP BY e.dst_id
+HAVING count(DISTINCT e.src_id) > 1

@@ -9,7 +9,7 @@
 --   to review (OWASP NHI5). Copy this rule with another threshold if three does not suit you.
 SELECT time,
        'agent' AS subject_kind,
-       agents[-1] AS subject_id,
+       coalesce(agents[-1], token_actors[1]) AS subject_id,
        concat(effect_operation, ' ', effect_target, ' through ',
               greatest(cardinality(agents), cardinality(token_actors)), ' levels: ',
               array_to_string(agents, ' > ')) AS detail,

@@ -10,7 +10,9 @@ WITH carried AS (
   SELECT credential_fp, last_seen, unnest(scopes_granted) AS scope, scopes_used AS used
   FROM credential_usage),
 known AS (
-  SELECT DISTINCT subject_id AS scope FROM grants WHERE subject_kind = 'scope')
+  -- Only scopes tied to operations: use is judged by the operations a token invoked.
+  SELECT DISTINCT subject_id AS scope FROM grants
+  WHERE subject_kind = 'scope' AND target_kind = 'operation')
 SELECT max(c.last_seen) AS time,
        'credential' AS subject_kind,
        c.credential_fp AS subject_id,

@@ -14,9 +14,12 @@ WITH invoked AS (
   FROM edges WHERE relation = 'invoked'
   GROUP BY src_id, dst_id),
 carried AS (
-  SELECT credential_fp, array_distinct(flatten(array_agg(token_scopes))) AS scopes
+  -- Every token, with the scopes it carried (none at all is the plainest case of "beyond").
+  SELECT credential_fp,
+         array_distinct(flatten(array_agg(token_scopes) FILTER (WHERE token_scopes IS NOT NULL)))
+           AS scopes
   FROM spans
-  WHERE credential_fp IS NOT NULL AND cardinality(token_scopes) > 0
+  WHERE credential_fp IS NOT NULL AND credential_kind = 'jwt'
   GROUP BY credential_fp),
 needed AS (
   SELECT i.credential_fp, i.operation, i.last_seen, i.trace_id, g.subject_id AS scope, c.scopes
@@ -38,12 +41,13 @@ SELECT max(last_seen) AS time,
        credential_fp AS subject_id,
        concat('invoked ', operation, ', which needs ',
               array_to_string(array_sort(array_agg(DISTINCT scope)), ' or '),
-              '; the token carries ', array_to_string(first_value(scopes), ' ')) AS detail,
+              '; the token carries ', coalesce(nullif(array_to_string(first_value(scopes), ' '), ''),
+                                               'no scope')) AS detail,
        first_value(trace_id ORDER BY last_seen DESC) AS trace_id,
        CAST(NULL AS VARCHAR) AS span_id
 FROM needed
 GROUP BY credential_fp, operation
-HAVING NOT bool_or(array_has(scopes, scope))
+HAVING NOT coalesce(bool_or(array_has(scopes, scope)), false)
 UNION ALL
 SELECT max(a.time) AS time,
        'agent' AS subject_kind,

@@ -16,13 +16,19 @@ WITH placed AS (
                         k8s_cluster, '')) AS environment
   FROM spans WHERE credential_fp IS NOT NULL),
 marked AS (
+  -- A name saying non-production wins over one that also says production: non-prod,
+  -- pre-prod and prod-perf-test are not production.
   SELECT *,
-         regexp_like(environment, '(^|[^a-z])(prod|production|prd)([^a-z]|$)') AS in_production,
-         regexp_like(environment, '(^|[^a-z])(staging|stage|stg|dev|development|test|qa|sandbox)([^a-z]|$)')
+         regexp_like(environment,
+           '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox|perf)([^a-z]|$)')
            AS in_non_production,
-         regexp_like(issuer, '(^|[^a-z])(staging|stage|stg|dev|test|qa|sandbox)([^a-z]|$)')
+         regexp_like(environment, '(^|[^a-z])(prod|production|prd|live)([^a-z]|$)') AS says_production,
+         regexp_like(issuer,
+           '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox)([^a-z]|$)')
            AS non_production_issuer
-  FROM placed)
+  FROM placed),
+classified AS (
+  SELECT *, says_production AND NOT in_non_production AS in_production FROM marked)
 SELECT max(start_time) FILTER (WHERE in_production) AS time,
        'credential' AS subject_kind,
        credential_fp AS subject_id,
@@ -35,6 +41,6 @@ SELECT max(start_time) FILTER (WHERE in_production) AS time,
                    ELSE '' END) AS detail,
        first_value(trace_id ORDER BY in_production DESC, start_time DESC) AS trace_id,
        first_value(span_id ORDER BY in_production DESC, start_time DESC) AS span_id
-FROM marked
+FROM classified
 GROUP BY credential_fp
 HAVING bool_or(in_production) AND (bool_or(non_production_issuer) OR bool_or(in_non_production))

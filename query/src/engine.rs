@@ -311,7 +311,7 @@ impl QueryEngine {
     }
 }
 
-fn read_only() -> SQLOptions {
+pub(crate) fn read_only() -> SQLOptions {
     SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)

@@ -15,19 +15,21 @@
 //!
 //! The query answers the columns of [`FINDING_COLUMNS`]. Every rule is planned when the engine
 //! starts, so a broken rule file stops start-up with its name rather than failing later.
-//! The view `findings` is every rule's answer, with the rule's id, title, severity and OWASP item
-//! in front; the table `detection_rules` lists the rules.
+//! The view `findings` is every rule's answer, with the rule's id, title, severity (and
+//! `severity_rank`, 0 = critical, for ordering) and OWASP item in front; the table
+//! `detection_rules` lists the rules.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use serde::Deserialize;
 
 use crate::error::{QueryError, Result};
+use crate::sql::literal;
 
 /// The built-in rules, by file name (a unit test checks that every file of `query/rules/` is
 /// here).
@@ -116,6 +118,11 @@ impl Severity {
             Severity::Medium => "medium",
             Severity::Low => "low",
         }
+    }
+
+    /// 0 for critical … 3 for low: `ORDER BY severity_rank` puts the worst first.
+    pub fn rank(self) -> i32 {
+        self as i32
     }
 }
 
@@ -266,7 +273,9 @@ pub async fn register(ctx: &SessionContext, rules: &[Rule]) -> Result<()> {
             .join(", ");
         parts.push(format!(
             "SELECT {id} AS rule_id, {title} AS title, {severity} AS severity, \
-             {nhi} AS owasp_nhi, {columns} FROM (\n{sql}\n) AS {alias}",
+             CAST({rank} AS INT) AS severity_rank, {nhi} AS owasp_nhi, {columns} \
+             FROM (\n{sql}\n) AS {alias}",
+            rank = rule.severity.rank(),
             id = literal(&rule.id),
             title = literal(&rule.title),
             severity = literal(rule.severity.as_str()),
@@ -306,10 +315,20 @@ fn register_rules_table(ctx: &SessionContext, rules: &[Rule]) -> Result<()> {
         ("description", text(&|r| &r.description)),
         ("origin", text(&|r| &r.origin)),
     ];
+    let mut columns = columns;
+    columns.insert(
+        3,
+        (
+            "severity_rank",
+            Arc::new(Int32Array::from_iter_values(
+                rules.iter().map(|r| r.severity.rank()),
+            )),
+        ),
+    );
     let schema = Arc::new(Schema::new(
         columns
             .iter()
-            .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
+            .map(|(name, array)| Field::new(*name, array.data_type().clone(), false))
             .collect::<Vec<_>>(),
     ));
     let registering = |e: &dyn std::fmt::Display| {
@@ -330,10 +349,17 @@ fn register_rules_table(ctx: &SessionContext, rules: &[Rule]) -> Result<()> {
 /// for the rest.
 async fn check_columns(ctx: &SessionContext, rule: &Rule) -> Result<()> {
     let invalid = |why: String| QueryError::BadRequest(format!("rule {}: {why}", rule.origin));
+    // Read-only like every user query: a rule file cannot create, drop or change anything.
     let frame = ctx
-        .sql(&rule.sql)
+        .sql_with_options(&rule.sql, crate::engine::read_only())
         .await
         .map_err(|e| invalid(format!("does not plan: {e}")))?;
+    // Type checking happens in the analyzer, not in `sql`: run it now so a rule that mixes
+    // types fails here, by name, rather than inside the view of all rules.
+    frame
+        .clone()
+        .into_optimized_plan()
+        .map_err(|e| invalid(format!("does not type-check: {e}")))?;
     let schema = frame.schema().as_arrow().clone();
     for column in FINDING_COLUMNS {
         let field = schema
@@ -361,11 +387,6 @@ async fn check_columns(ctx: &SessionContext, rule: &Rule) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A SQL string literal.
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub enum ReportError {
     #[error("{0}")]
     Invalid(String),
     /// A section's query failed; `section` names it.
-    #[error("report section {section}: {source}")]
+    #[error("report section {section}")]
     Query {
         section: &'static str,
         #[source]

@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, TimestampNanosecondType};
 use layout::backends::svg::SVGWriter;
 use layout::core::base::Orientation;
 use layout::core::color::Color;
@@ -40,68 +41,124 @@ pub struct ChainDrawing {
     pub svg: String,
 }
 
-/// Groups the rows of `SELECT path, time, traceable, trace_id` (ordered by time) by shape, in
-/// order of first appearance; at most `max_shapes` shapes are drawn.
-pub fn chain_drawings(batches: &[RecordBatch], max_shapes: usize) -> (Vec<ChainDrawing>, bool) {
-    let mut shapes: Vec<ChainDrawing> = Vec::new();
-    let mut index: HashMap<Vec<Step>, usize> = HashMap::new();
-    let mut more = false;
-    for batch in batches {
+/// Chain shapes, gathered batch by batch from the rows of `SELECT path, time, traceable,
+/// trace_id` (any order): only the distinct shapes are held, so a scope of millions of chains
+/// needs memory for its shapes, not its rows.
+pub struct ChainShapes {
+    max_shapes: usize,
+    shapes: Vec<Shape>,
+    index: HashMap<Vec<Step>, usize>,
+    /// Shapes seen beyond `max_shapes`.
+    more: bool,
+}
+
+struct Shape {
+    steps: Vec<Step>,
+    times: usize,
+    first: i64,
+    last: i64,
+    traceable: bool,
+    /// The trace of the earliest chain of this shape.
+    example: String,
+}
+
+impl ChainShapes {
+    pub fn new(max_shapes: usize) -> ChainShapes {
+        ChainShapes {
+            max_shapes,
+            shapes: Vec::new(),
+            index: HashMap::new(),
+            more: false,
+        }
+    }
+
+    pub fn add(&mut self, batch: &RecordBatch) {
         let (Some(path), Some(time), Some(traceable), Some(trace)) = (
             batch.column_by_name("path"),
             batch.column_by_name("time"),
             batch.column_by_name("traceable"),
             batch.column_by_name("trace_id"),
         ) else {
-            continue;
+            return;
         };
         let Some(path) = path.as_list_opt::<i32>() else {
-            continue;
+            return;
         };
-        let times = arrow::compute::cast(time, &arrow::datatypes::DataType::Utf8).ok();
-        let times = times.as_ref().and_then(|t| t.as_string_opt::<i32>());
+        let Some(times) = time.as_primitive_opt::<TimestampNanosecondType>() else {
+            return;
+        };
         let traceable = traceable.as_boolean_opt();
-        let trace = trace.as_string_opt::<i32>();
+        let trace = text_column(trace);
         for row in 0..batch.num_rows() {
             let steps = steps_of(path, row);
-            if steps.is_empty() {
+            if steps.is_empty() || times.is_null(row) {
                 continue;
             }
-            let at = times
-                .filter(|t| !t.is_null(row))
-                .map(|t| t.value(row).to_string())
-                .unwrap_or_default();
+            let at = times.value(row);
             let is_traceable = traceable.is_some_and(|t| !t.is_null(row) && t.value(row));
-            match index.get(&steps) {
+            let example = || {
+                trace
+                    .as_ref()
+                    .filter(|t| !t.is_null(row))
+                    .map(|t| t.value(row).to_string())
+                    .unwrap_or_default()
+            };
+            match self.index.get(&steps) {
                 Some(&i) => {
-                    let shape = &mut shapes[i];
+                    let shape = &mut self.shapes[i];
                     shape.times += 1;
-                    shape.last_seen = at;
+                    if at < shape.first {
+                        shape.first = at;
+                        shape.example = example();
+                    }
+                    shape.last = shape.last.max(at);
                     shape.traceable &= is_traceable;
                 }
-                None if shapes.len() < max_shapes => {
-                    index.insert(steps.clone(), shapes.len());
-                    shapes.push(ChainDrawing {
+                None if self.shapes.len() < self.max_shapes => {
+                    self.index.insert(steps.clone(), self.shapes.len());
+                    self.shapes.push(Shape {
                         steps,
                         times: 1,
-                        first_seen: at.clone(),
-                        last_seen: at,
+                        first: at,
+                        last: at,
                         traceable: is_traceable,
-                        example_trace_id: trace
-                            .filter(|t| !t.is_null(row))
-                            .map(|t| t.value(row).to_string())
-                            .unwrap_or_default(),
-                        svg: String::new(),
+                        example: example(),
                     });
                 }
-                None => more = true,
+                None => self.more = true,
             }
         }
     }
-    for shape in &mut shapes {
-        shape.svg = draw(&shape.steps);
+
+    /// The shapes, earliest first, drawn; and whether more shapes exist than were kept.
+    pub fn finish(mut self) -> (Vec<ChainDrawing>, bool) {
+        self.shapes
+            .sort_by(|a, b| (a.first, &a.example).cmp(&(b.first, &b.example)));
+        let drawings = self
+            .shapes
+            .into_iter()
+            .map(|shape| ChainDrawing {
+                svg: draw_or_nothing(&shape.steps),
+                first_seen: nanos_text(shape.first),
+                last_seen: nanos_text(shape.last),
+                steps: shape.steps,
+                times: shape.times,
+                traceable: shape.traceable,
+                example_trace_id: shape.example,
+            })
+            .collect();
+        (drawings, self.more)
     }
-    (shapes, more)
+}
+
+fn nanos_text(nanos: i64) -> String {
+    idtrail_query::sql::rfc3339(&chrono::DateTime::from_timestamp_nanos(nanos))
+}
+
+/// A text column as Utf8 whatever its string type.
+fn text_column(array: &dyn Array) -> Option<StringArray> {
+    let cast = arrow::compute::cast(array, &DataType::Utf8).ok()?;
+    cast.as_string_opt::<i32>().cloned()
 }
 
 fn steps_of(path: &arrow::array::ListArray, row: usize) -> Vec<Step> {
@@ -113,12 +170,8 @@ fn steps_of(path: &arrow::array::ListArray, row: usize) -> Vec<Step> {
         return Vec::new();
     };
     let (Some(kinds), Some(ids)) = (
-        items
-            .column_by_name("kind")
-            .and_then(|c| c.as_string_opt::<i32>()),
-        items
-            .column_by_name("id")
-            .and_then(|c| c.as_string_opt::<i32>()),
+        items.column_by_name("kind").and_then(|c| text_column(c)),
+        items.column_by_name("id").and_then(|c| text_column(c)),
     ) else {
         return Vec::new();
     };
@@ -179,6 +232,12 @@ pub fn label(step: &Step) -> String {
         step.id.clone()
     };
     format!("{}\n{}", step.kind, id)
+}
+
+/// The drawing, or nothing when the layout library gives up (it asserts on some shapes); the
+/// report then shows the chain as text only.
+fn draw_or_nothing(steps: &[Step]) -> String {
+    std::panic::catch_unwind(|| draw(steps)).unwrap_or_default()
 }
 
 fn draw(steps: &[Step]) -> String {

@@ -4,7 +4,8 @@
 //! Every section's query starts from the same `scoped` CTE, so each one printed in the report
 //! runs again as it stands.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+pub use idtrail_query::sql::{literal, rfc3339, timestamp};
 use serde::Serialize;
 
 use crate::error::{ReportError, Result};
@@ -189,19 +190,6 @@ fn self_id(subject: &Subject) -> Option<&str> {
         | Subject::Resource(id) => Some(id),
         Subject::Window => None,
     }
-}
-
-pub fn rfc3339(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn timestamp(t: &DateTime<Utc>) -> String {
-    format!("CAST({} AS TIMESTAMP)", literal(&rfc3339(t)))
-}
-
-/// A SQL string literal.
-pub fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -2,13 +2,13 @@
 
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
 use chrono::Utc;
+use futures::StreamExt;
 use idtrail_query::QueryEngine;
 use serde::Serialize;
 
 use crate::error::{ReportError, Result};
-use crate::graph::{ChainDrawing, chain_drawings};
+use crate::graph::{ChainDrawing, ChainShapes};
 use crate::scope::{Scope, ScopeInfo, literal, rfc3339};
 use crate::table::Table;
 
@@ -110,12 +110,19 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         })
         .collect();
 
-    let chains_sql = format!(
-        "{scoped}\n\
-         SELECT path, time, traceable, trace_id FROM scoped ORDER BY time, trace_id, effect_span_id"
-    );
-    let batches = collect(engine, "chains", &chains_sql).await?;
-    let (drawings, more) = chain_drawings(&batches, options.max_chains);
+    // Streamed, not sorted: only the distinct shapes are kept, whatever the number of chains.
+    let chains_sql = format!("{scoped}\nSELECT path, time, traceable, trace_id FROM scoped");
+    let mut shapes = ChainShapes::new(options.max_chains);
+    let failed = |source| ReportError::Query {
+        section: "chains",
+        source,
+    };
+    let prepared = engine.prepare(&chains_sql).await.map_err(failed)?;
+    let mut stream = engine.execute(prepared, Vec::new()).await.map_err(failed)?;
+    while let Some(batch) = stream.next().await {
+        shapes.add(&batch.map_err(failed)?);
+    }
+    let (drawings, more) = shapes.finish();
     let mut chains_table = Table {
         columns: vec![
             "chain".into(),
@@ -181,11 +188,22 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
            SELECT DISTINCT step['id'] AS credential_fp\n  \
            FROM (SELECT unnest(path) AS step FROM scoped)\n  \
            WHERE step['kind'] = 'credential'),\n\
-         derived AS (\n  \
+         hop1 AS (\n  \
            SELECT DISTINCT e.src_id AS credential_fp\n  \
            FROM edges e JOIN involved i ON e.dst_id = i.credential_fp\n  \
-           WHERE e.relation = 'derived_from'\n    \
-             AND e.src_id NOT IN (SELECT credential_fp FROM involved)),\n\
+           WHERE e.relation = 'derived_from'),\n\
+         hop2 AS (\n  \
+           SELECT DISTINCT e.src_id AS credential_fp\n  \
+           FROM edges e JOIN hop1 h ON e.dst_id = h.credential_fp\n  \
+           WHERE e.relation = 'derived_from'),\n\
+         hop3 AS (\n  \
+           SELECT DISTINCT e.src_id AS credential_fp\n  \
+           FROM edges e JOIN hop2 h ON e.dst_id = h.credential_fp\n  \
+           WHERE e.relation = 'derived_from'),\n\
+         derived AS (\n  \
+           SELECT credential_fp FROM hop1 UNION SELECT credential_fp FROM hop2\n  \
+           UNION SELECT credential_fp FROM hop3\n  \
+           EXCEPT SELECT credential_fp FROM involved),\n\
          candidates AS (\n  \
            SELECT credential_fp, 'used in scope' AS reason FROM involved\n  \
            UNION ALL\n  \
@@ -204,7 +222,8 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         id: "revoke",
         title: "Credentials to revoke",
         intro: "Every credential on a chain in scope, and every token exchanged from one of \
-                them: rotate or revoke these. `seen_in` lists the services that carried each."
+                them (up to three exchanges away): rotate or revoke these. `seen_in` lists the \
+                services that carried each."
             .into(),
         table: run(engine, "revoke", &revoke_sql, options.max_rows).await?,
         sql: vec![revoke_sql],
@@ -242,14 +261,13 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
          traces AS (SELECT DISTINCT trace_id FROM scoped),\n\
          matched AS (\n  \
            SELECT f.* FROM findings f\n  \
-           JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
-           UNION\n  \
-           SELECT f.* FROM findings f JOIN traces t ON t.trace_id = f.trace_id)\n\
+           LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
+           LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
+           WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)\n\
          SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
                 trace_id\n\
          FROM matched\n\
-         ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1\n                  \
-                  WHEN 'medium' THEN 2 ELSE 3 END, rule_id, subject_id, time\n\
+         ORDER BY severity_rank, rule_id, subject_id, time\n\
          LIMIT {limit}"
     );
     sections.push(Section {
@@ -354,18 +372,6 @@ fn count_reach(table: &Table, reach: &str) -> usize {
     (0..table.rows.len())
         .filter(|&r| table.text(r, "reach") == reach)
         .count()
-}
-
-async fn collect(
-    engine: &QueryEngine,
-    section: &'static str,
-    sql: &str,
-) -> Result<Vec<RecordBatch>> {
-    engine
-        .sql(sql, Vec::new())
-        .await
-        .map(|(_, batches)| batches)
-        .map_err(|source| ReportError::Query { section, source })
 }
 
 async fn run(
