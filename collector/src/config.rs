@@ -82,6 +82,11 @@ pub struct ReceiversConfig {
     /// deduplicated), so a stalled disk or store never leaves exporters hanging.
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// File of bearer keys, one per line as `<key id> <key>` (`#` comments). When set, every
+    /// export on both protocols must carry `Authorization: Bearer <key>`; others get
+    /// UNAUTHENTICATED / HTTP 401, which exporters do not retry. The key id (never the key) is
+    /// stored in `ingest_principal` as `key:<id>` on every span the request carried.
+    pub auth_keys_file: Option<PathBuf>,
 }
 
 impl Default for ReceiversConfig {
@@ -92,6 +97,7 @@ impl Default for ReceiversConfig {
             max_request_bytes: 64 << 20,
             max_inflight_bytes: 256 << 20,
             ack_timeout: Duration::from_secs(5),
+            auth_keys_file: None,
         }
     }
 }

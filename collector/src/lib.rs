@@ -6,6 +6,7 @@
 //! acknowledged), [`stitch`] builds chains and edges from each quiet trace, and [`writer`]
 //! publishes spans, chains and edges as Parquet and checkpoints the WAL.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::auth::BearerKeys;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::extract::Extractor;
@@ -91,6 +92,12 @@ pub async fn serve(
         config.receivers.max_request_bytes,
         config.receivers.max_inflight_bytes,
         config.receivers.ack_timeout,
+        config
+            .receivers
+            .auth_keys_file
+            .as_deref()
+            .map(BearerKeys::load)
+            .transpose()?,
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

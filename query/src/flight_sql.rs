@@ -108,7 +108,7 @@ impl tonic::service::Interceptor for Authenticator {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match keys.check(authorization) {
+        match crate::auth::authenticate(keys, authorization) {
             Ok(()) => Ok(request),
             Err(e) => {
                 tracing::debug!("Flight SQL call refused: no valid bearer key");

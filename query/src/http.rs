@@ -77,7 +77,7 @@ async fn answer(state: &QueryState, headers: &HeaderMap, body: &[u8]) -> Result<
         let authorization = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        keys.check(authorization)?;
+        crate::auth::authenticate(keys, authorization)?;
     }
     let request = parse_request(headers, body)?;
     let params = request

@@ -307,3 +307,46 @@ def test_same_jwt_same_fingerprint_across_exporters(idtrail):
         assert row["user_id"] == "bob"
     assert grpc_row["credential_fp"] == http_row["credential_fp"]
     idtrail.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_ingest_auth_with_the_sdk_exporters(tmp_path, protocol):
+    """With `receivers.auth_keys_file`, the SDK's exporter sending the key in its headers is
+    accepted and its spans carry `ingest_principal = key:<id>`; the same exporter without the key
+    fails at once (401 / UNAUTHENTICATED are not retried) and nothing of it is stored."""
+    from conftest import start_server, _teardown
+
+    key = "ik_" + secrets.token_hex(16)
+    keys = tmp_path / "ingest.keys"
+    keys.write_text(f"sdk-{protocol} {key}\n")
+    server = start_server(tmp_path, extra_args=["--set", f"receivers.auth_keys_file={keys}"])
+    try:
+        def exporter(headers):
+            if protocol == "grpc":
+                return GrpcSpanExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=10,
+                                        headers=headers)
+            return HttpSpanExporter(endpoint=server.traces_url, timeout=10, headers=headers)
+
+        refused, refused_recorder = make_provider(exporter({}), service="no-key")
+        with refused.get_tracer("t").start_as_current_span("refused", kind=SpanKind.SERVER):
+            pass
+        started = time.monotonic()
+        refused.force_flush(timeout_millis=15_000)
+        assert refused_recorder.results == [SpanExportResult.FAILURE]
+        assert time.monotonic() - started < 5, "the exporter retried a 401 / UNAUTHENTICATED"
+
+        accepted, recorder = make_provider(exporter({"authorization": f"Bearer {key}"}),
+                                           service="with-key")
+        with accepted.get_tracer("t").start_as_current_span("accepted", kind=SpanKind.SERVER):
+            pass
+        flush(accepted, recorder, 1)
+        rows = wait_for_rows(server.data_dir, 1)
+        assert [(r["service_name"], r["ingest_principal"]) for r in rows] == [
+            ("with-key", f"key:sdk-{protocol}")
+        ]
+    finally:
+        _teardown(server)
+    for path in server.data_dir.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), f"the ingest key is in {path}"
+    assert key not in server.log_text()

@@ -26,9 +26,20 @@ impl TraceService for GrpcReceiver {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let principal = match self.ingest.authenticate(authorization) {
+            Ok(principal) => principal,
+            Err(error) => {
+                self.ingest.telemetry().request_refused(PROTOCOL, &error);
+                return Err(error.to_grpc_status());
+            }
+        };
         let request = request.into_inner();
         let size = request.encoded_len();
-        match self.ingest.export(PROTOCOL, request, size, None).await {
+        match self.ingest.export(PROTOCOL, request, size, principal).await {
             Ok(response) => Ok(Response::new(response)),
             Err(error) => {
                 self.ingest.telemetry().request_refused(PROTOCOL, &error);

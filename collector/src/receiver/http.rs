@@ -90,11 +90,16 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
     let encoding = Encoding::of(&headers);
     let reply_as = *encoding.as_ref().unwrap_or(&Encoding::Protobuf);
     let result = async {
+        let principal = ingest.authenticate(
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok()),
+        )?;
         let encoding = encoding?;
         let body = read_body(body, ingest.max_request_bytes).await?;
         let raw = decompress(&headers, &body, ingest.max_request_bytes)?;
         let request = decode(encoding, &raw)?;
-        ingest.export(PROTOCOL, request, raw.len(), None).await
+        ingest.export(PROTOCOL, request, raw.len(), principal).await
     }
     .await;
     match result {
@@ -137,6 +142,12 @@ fn error_response(error: &Error, encoding: Encoding) -> Response {
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(RETRY_AFTER.as_secs()),
+        );
+    }
+    if matches!(error, Error::Unauthenticated) {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"idtrail ingest\""),
         );
     }
     response

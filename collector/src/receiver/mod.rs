@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
+use crate::auth::BearerKeys;
 use crate::error::{Error, Result};
 use crate::extract::Extractor;
 use crate::telemetry::Telemetry;
@@ -27,6 +28,8 @@ pub struct Ingest {
     inflight_bytes: AtomicUsize,
     max_inflight_bytes: usize,
     ack_timeout: Duration,
+    /// `receivers.auth_keys_file`, when ingest requires a key.
+    auth: Option<BearerKeys>,
     pub max_request_bytes: usize,
 }
 
@@ -54,6 +57,7 @@ impl Ingest {
         max_request_bytes: usize,
         max_inflight_bytes: usize,
         ack_timeout: Duration,
+        auth: Option<BearerKeys>,
     ) -> Ingest {
         Ingest {
             extractor,
@@ -63,6 +67,7 @@ impl Ingest {
             inflight_bytes: AtomicUsize::new(0),
             max_inflight_bytes,
             ack_timeout,
+            auth,
             max_request_bytes,
         }
     }
@@ -92,6 +97,19 @@ impl Ingest {
         self.set_ready(false);
         if let Some(wal) = self.wal.get() {
             wal.close();
+        }
+    }
+
+    /// The request's principal from its `Authorization` header: `key:<id>` when ingest
+    /// requires a key and one of them was sent, nothing when no key is required; refused
+    /// otherwise. Called before the body is read, so a refused client costs nothing more.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Option<String>> {
+        match &self.auth {
+            None => Ok(None),
+            Some(keys) => keys
+                .check(authorization)
+                .map(|id| Some(format!("key:{id}")))
+                .ok_or(Error::Unauthenticated),
         }
     }
 
