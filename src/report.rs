@@ -51,6 +51,10 @@ pub struct ReportArgs {
     /// Distinct chains drawn.
     #[arg(long, default_value_t = 25)]
     pub max_chains: usize,
+    /// Leave out the findings section: it runs every detection rule over all data, the slow
+    /// part of a report on a large store.
+    #[arg(long)]
+    pub no_findings: bool,
     #[command(flatten)]
     pub data: crate::DataArgs,
 }
@@ -84,6 +88,7 @@ impl ReportArgs {
         ReportOptions {
             max_rows: self.max_rows.max(1),
             max_chains: self.max_chains,
+            findings: !self.no_findings,
             ..ReportOptions::default()
         }
     }

@@ -60,7 +60,8 @@ async fn main() {
 
     let totals = first_value(
         &setup,
-        "SELECT (SELECT count(*) FROM spans), (SELECT count(*) FROM chains), (SELECT count(*) FROM edges)",
+        "SELECT (SELECT count(*) FROM spans) AS spans, (SELECT count(*) FROM chains) AS chains, \
+         (SELECT count(*) FROM edges) AS edges",
     )
     .await;
     println!(
@@ -75,6 +76,25 @@ async fn main() {
     )
     .await[0]
         .clone();
+    // And a typical one: the median of credentials by how often they were presented.
+    let (_, batches) = setup
+        .sql(
+            "SELECT dst_id FROM edges WHERE relation = 'presented' \
+             GROUP BY dst_id ORDER BY sum(count) DESC, dst_id",
+            Vec::new(),
+        )
+        .await
+        .expect("credentials");
+    let ranked: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let column = b.column(0).as_string::<i32>().clone();
+            (0..column.len())
+                .map(move |i| column.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let typical = ranked[ranked.len() / 2].clone();
     let chain = first_value(
         &setup,
         "SELECT trace_id, effect_span_id FROM chains WHERE effect_is_write ORDER BY time DESC LIMIT 1",
@@ -90,10 +110,18 @@ async fn main() {
 
     let queries = [
         (
-            "everything one credential touched (spans)",
+            "everything one credential touched (spans), the busiest credential",
             format!(
                 "SELECT start_time, service_name, name, api_method, api_route, effect_kind, effect_target \
                  FROM spans WHERE credential_fp = '{credential}'"
+            ),
+            50.0,
+        ),
+        (
+            "everything one credential touched (spans), a typical credential",
+            format!(
+                "SELECT start_time, service_name, name, api_method, api_route, effect_kind, effect_target \
+                 FROM spans WHERE credential_fp = '{typical}'"
             ),
             50.0,
         ),

@@ -6,7 +6,11 @@
 --   A token was derived (RFC 8693 token exchange) from a token whose may_act claim names who
 --   may act for its subject, and the derived token's actor is not among them. The authorization
 --   server accepted an exchange it should have refused (OWASP NHI4, insecure authentication).
-WITH tokens AS (
+WITH derived AS (
+  SELECT DISTINCT src_id AS child, dst_id AS parent
+  FROM edges WHERE relation = 'derived_from'),
+tokens AS (
+  -- Only tokens on a derived_from edge: grouping every token would hold millions of groups.
   SELECT credential_fp,
          first_value(token_actors) AS actors,
          first_value(token_may_act) AS may_act,
@@ -14,11 +18,9 @@ WITH tokens AS (
          first_value(trace_id ORDER BY start_time DESC, span_id) AS trace_id,
          first_value(span_id ORDER BY start_time DESC, span_id) AS span_id
   FROM spans
-  WHERE credential_fp IS NOT NULL AND credential_kind = 'jwt'
-  GROUP BY credential_fp),
-derived AS (
-  SELECT DISTINCT src_id AS child, dst_id AS parent
-  FROM edges WHERE relation = 'derived_from')
+  WHERE credential_kind = 'jwt'
+    AND (credential_fp IN (SELECT child FROM derived) OR credential_fp IN (SELECT parent FROM derived))
+  GROUP BY credential_fp)
 SELECT c.last_seen AS time,
        'credential' AS subject_kind,
        c.credential_fp AS subject_id,

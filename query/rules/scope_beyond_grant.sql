@@ -8,25 +8,23 @@
 --   Either the API enforces less than the grants say, or the grants understate what the identity
 --   really does (OWASP NHI5, overprivileged NHI). Only operations some scope grant covers, and
 --   only agents with resource grants, are judged.
-WITH invoked AS (
-  SELECT src_id AS credential_fp, dst_id AS operation, max(last_seen) AS last_seen,
-         first_value(sample_trace_id ORDER BY last_seen DESC) AS trace_id
-  FROM edges WHERE relation = 'invoked'
-  GROUP BY src_id, dst_id),
-carried AS (
-  -- Every token, with the scopes it carried (none at all is the plainest case of "beyond").
-  SELECT credential_fp,
-         array_distinct(flatten(array_agg(token_scopes) FILTER (WHERE token_scopes IS NOT NULL)))
-           AS scopes
-  FROM spans
-  WHERE credential_fp IS NOT NULL AND credential_kind = 'jwt'
-  GROUP BY credential_fp),
-needed AS (
-  SELECT i.credential_fp, i.operation, i.last_seen, i.trace_id, g.subject_id AS scope, c.scopes
-  FROM invoked i
-  JOIN carried c ON c.credential_fp = i.credential_fp
+WITH covered AS (
+  -- Operations some scope grant covers, with the scopes that cover them, and who invoked them.
+  SELECT e.src_id AS credential_fp, e.dst_id AS operation, max(e.last_seen) AS last_seen,
+         first_value(e.sample_trace_id ORDER BY e.last_seen DESC) AS trace_id,
+         array_agg(DISTINCT g.subject_id) AS scopes_needed
+  FROM edges e
   JOIN grants g ON g.subject_kind = 'scope' AND g.target_kind = 'operation'
-   AND glob_match(g.target_pattern, i.operation)),
+   AND glob_match(g.target_pattern, e.dst_id)
+  WHERE e.relation = 'invoked'
+  GROUP BY e.src_id, e.dst_id),
+carried AS (
+  -- The scopes of those tokens only (a token's scopes are the same on every span); none at all
+  -- is the plainest case of "beyond".
+  SELECT credential_fp, first_value(token_scopes) AS scopes
+  FROM spans
+  WHERE credential_kind = 'jwt' AND credential_fp IN (SELECT credential_fp FROM covered)
+  GROUP BY credential_fp),
 agent_effects AS (
   SELECT agents[-1] AS agent,
          concat(effect_kind, ':', effect_target) AS resource,
@@ -36,18 +34,18 @@ agent_effects AS (
 agent_grants AS (
   SELECT subject_id AS agent, target_pattern
   FROM grants WHERE subject_kind = 'agent' AND target_kind = 'resource')
-SELECT max(last_seen) AS time,
+SELECT v.last_seen AS time,
        'credential' AS subject_kind,
-       credential_fp AS subject_id,
-       concat('invoked ', operation, ', which needs ',
-              array_to_string(array_sort(array_agg(DISTINCT scope)), ' or '),
-              '; the token carries ', coalesce(nullif(array_to_string(first_value(scopes), ' '), ''),
+       v.credential_fp AS subject_id,
+       concat('invoked ', v.operation, ', which needs ',
+              array_to_string(array_sort(v.scopes_needed), ' or '),
+              '; the token carries ', coalesce(nullif(array_to_string(c.scopes, ' '), ''),
                                                'no scope')) AS detail,
-       first_value(trace_id ORDER BY last_seen DESC) AS trace_id,
+       v.trace_id,
        CAST(NULL AS VARCHAR) AS span_id
-FROM needed
-GROUP BY credential_fp, operation
-HAVING NOT coalesce(bool_or(array_has(scopes, scope)), false)
+FROM covered v
+JOIN carried c ON c.credential_fp = v.credential_fp
+WHERE cardinality(array_intersect(coalesce(c.scopes, make_array('')), v.scopes_needed)) = 0
 UNION ALL
 SELECT max(a.time) AS time,
        'agent' AS subject_kind,

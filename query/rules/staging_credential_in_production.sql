@@ -28,7 +28,13 @@ marked AS (
            AS non_production_issuer
   FROM placed),
 classified AS (
-  SELECT *, says_production AND NOT in_non_production AS in_production FROM marked)
+  -- Only credentials seen in production that also show a sign of non-production are grouped,
+  -- not every credential (per-request tokens of a staging deployment number in millions).
+  SELECT *, says_production AND NOT in_non_production AS in_production FROM marked
+  WHERE credential_fp IN (SELECT credential_fp FROM marked
+                          WHERE in_non_production OR non_production_issuer)
+    AND credential_fp IN (SELECT credential_fp FROM marked
+                          WHERE says_production AND NOT in_non_production))
 SELECT max(start_time) FILTER (WHERE in_production) AS time,
        'credential' AS subject_kind,
        credential_fp AS subject_id,

@@ -16,13 +16,18 @@ use crate::error::{QueryError, Result};
 pub const VIEWS: &[(&str, &str)] = &[
     // The newest revision of each side effect's chain. A late span that changed a chain wrote a
     // higher revision; a chain written twice (a restart re-stitched its trace) is one row here.
+    // An anti-join against the few later revisions (revision > 1), not a window over all chains:
+    // the window sorted every chain row, paths and hops included, in memory (gigabytes at 10M
+    // spans), while this streams the chains and holds only the later revisions' keys.
     (
         "chains_latest",
-        "SELECT * EXCLUDE (revision_rank) FROM (
-           SELECT *, row_number() OVER (
-             PARTITION BY trace_id, effect_span_id ORDER BY revision DESC) AS revision_rank
-           FROM chains)
-         WHERE revision_rank = 1",
+        "SELECT * FROM chains c
+         WHERE NOT EXISTS (
+           SELECT 1 FROM chains later
+           WHERE later.revision > 1
+             AND later.trace_id = c.trace_id
+             AND later.effect_span_id = c.effect_span_id
+             AND later.revision > c.revision)",
     ),
     // chains_latest, with the approved owner (if any) vouching for an agent, the credential or
     // the effect's service at the time of the effect; `traceable` is a human at the head of the

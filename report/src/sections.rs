@@ -23,6 +23,9 @@ pub struct ReportOptions {
     pub max_depth: u32,
     /// Credentials whose blast radius is shown when the scope is not one identity.
     pub max_blast_credentials: usize,
+    /// Include the findings section. The `findings` view runs every detection rule over all
+    /// data, which dominates a report's cost on a large store (see BENCHMARKS.md).
+    pub findings: bool,
 }
 
 impl Default for ReportOptions {
@@ -32,6 +35,7 @@ impl Default for ReportOptions {
             max_chains: 25,
             max_depth: 6,
             max_blast_credentials: 5,
+            findings: true,
         }
     }
 }
@@ -270,17 +274,19 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
          ORDER BY severity_rank, rule_id, subject_id, time\n\
          LIMIT {limit}"
     );
-    sections.push(Section {
-        id: "findings",
-        title: "Findings",
-        intro: "Detection rules (`idtrail findings --list`) that fired on an identity or a \
+    if options.findings {
+        sections.push(Section {
+            id: "findings",
+            title: "Findings",
+            intro: "Detection rules (`idtrail findings --list`) that fired on an identity or a \
                 trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
                 item."
-            .into(),
-        table: run(engine, "findings", &findings_sql, options.max_rows).await?,
-        sql: vec![findings_sql],
-        chains: Vec::new(),
-    });
+                .into(),
+            table: run(engine, "findings", &findings_sql, options.max_rows).await?,
+            sql: vec![findings_sql],
+            chains: Vec::new(),
+        });
+    }
 
     sections.insert(
         0,

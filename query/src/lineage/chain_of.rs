@@ -11,6 +11,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::datasource::provider_as_source;
+use datafusion::logical_expr::LogicalPlanBuilder;
 use datafusion::physical_plan::collect;
 use datafusion::prelude::{col, lit};
 
@@ -342,12 +344,17 @@ async fn load_trace(
         .iter()
         .filter_map(|c| schema.index_of(c).ok())
         .collect();
-    let filter = col("trace_id").eq(lit(trace_id));
     let storage = |e: datafusion::error::DataFusionError| QueryError::storage("reading spans", e);
-    let plan = spans
-        .scan(session, Some(&projection), &[filter], None)
-        .await
-        .map_err(storage)?;
+    // Planned and optimised like a query, not scanned directly: the optimiser pushes the
+    // trace filter into the Parquet scan, where bloom filters and statistics skip the row
+    // groups without the trace (a bare `scan` with the filter read every file: 20 s warm over
+    // 10M spans instead of milliseconds).
+    let plan =
+        LogicalPlanBuilder::scan("spans", provider_as_source(spans.clone()), Some(projection))
+            .and_then(|b| b.filter(col("trace_id").eq(lit(trace_id))))
+            .and_then(|b| b.build())
+            .map_err(storage)?;
+    let plan = session.create_physical_plan(&plan).await.map_err(storage)?;
     let batches = collect(plan, session.task_ctx()).await.map_err(storage)?;
     let mut by_id = HashMap::new();
     for batch in &batches {
