@@ -1,12 +1,10 @@
 //! `idtrail findings`: the detection rules' findings (the `findings` view), filtered, in any of
 //! `idtrail query`'s formats, from the data directory or a running collector.
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, Utc};
 use idtrail_query::sql::{literal, timestamp};
 
-use crate::query::{Format, QueryArgs};
+use crate::query::{AnswerArgs, QueryArgs};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -34,25 +32,9 @@ pub struct FindingsArgs {
     /// The rules themselves instead of their findings.
     #[arg(long)]
     pub list: bool,
-    /// How answers print.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// Write to FILE instead of standard output.
-    #[arg(long, short, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Ask a running collector (its HTTP address) instead of reading the data directory.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// Bearer key for --server.
-    #[arg(
-        long,
-        env = "IDTRAIL_QUERY_TOKEN",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub token: Option<String>,
+    /// Output, `--server` and the data directory, as `idtrail query` takes them.
     #[command(flatten)]
-    pub data: crate::DataArgs,
+    pub answer: AnswerArgs,
 }
 
 /// The rules' severities, as the command line takes them.
@@ -153,11 +135,7 @@ impl FindingsArgs {
             file: None,
             interactive: false,
             param: Vec::new(),
-            format: self.format,
-            output: self.output.clone(),
-            server: self.server.clone(),
-            token: self.token.clone(),
-            data: self.data.clone(),
+            answer: self.answer.clone(),
         }
     }
 }

@@ -54,6 +54,14 @@ pub struct QueryArgs {
     /// given. Locally a parameter the statement compares with text binds as text anyway.
     #[arg(long = "param", short, value_name = "VALUE")]
     pub param: Vec<String>,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
+}
+
+/// Where answers come from and how they print: the part of `idtrail query`'s arguments that
+/// `idtrail findings` shares.
+#[derive(clap::Args, Clone)]
+pub struct AnswerArgs {
     /// How answers print.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -111,6 +119,7 @@ pub fn run(args: QueryArgs, runtime: &tokio::runtime::Runtime) -> i32 {
 }
 
 fn run_inner(args: &QueryArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let answer = &args.answer;
     let stdin_is_terminal = io::stdin().is_terminal();
     // Where the statements come from, read before anything starts so that a missing file is
     // reported first.
@@ -123,22 +132,22 @@ fn run_inner(args: &QueryArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Res
         (None, None) if args.interactive || stdin_is_terminal => None,
         (None, None) => Some(read_stdin()?),
     };
-    if args.format == Format::Parquet && script.is_none() {
+    if answer.format == Format::Parquet && script.is_none() {
         bail!("--format parquet writes one file per run: pass the SQL, or -f FILE");
     }
-    let backend = runtime.block_on(Backend::open(args))?;
-    let mut output = Output::open(args)?;
+    let backend = runtime.block_on(Backend::open(answer))?;
+    let mut output = Output::open(answer)?;
     let mut session = Session {
         backend,
         params: args.param.clone(),
-        format: args.format,
+        format: answer.format,
         timing: true,
     };
     match script {
         Some(script) => {
             let result = run_script(&mut session, &script, &mut output, runtime);
             if result.is_err()
-                && let Some(path) = &args.output
+                && let Some(path) = &answer.output
             {
                 // A failed run leaves no half-written answer behind (a Parquet file without
                 // its footer is unreadable anyway).
@@ -211,7 +220,7 @@ enum Backend {
 }
 
 impl Backend {
-    async fn open(args: &QueryArgs) -> anyhow::Result<Backend> {
+    async fn open(args: &AnswerArgs) -> anyhow::Result<Backend> {
         if let Some(server) = &args.server {
             return Backend::remote(server, args.token.clone());
         }
@@ -399,7 +408,7 @@ struct Output {
 }
 
 impl Output {
-    fn open(args: &QueryArgs) -> anyhow::Result<Output> {
+    fn open(args: &AnswerArgs) -> anyhow::Result<Output> {
         let writer: Box<dyn Write + Send> = match &args.output {
             Some(path) => Box::new(BufWriter::new(
                 File::create(path).with_context(|| format!("creating {}", path.display()))?,
