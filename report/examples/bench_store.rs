@@ -1,9 +1,10 @@
-//! Incident report latency over a populated data directory (DESIGN.md: < 1 s for one
-//! credential), cold (a fresh engine) and warm (median of 5 on the same engine), section by
-//! section, and the `findings` view on its own.
+//! Latency over a populated data directory: the questions DESIGN.md sets targets for (one
+//! credential's spans, the chain of one side effect, blast radius), incident reports and the
+//! `findings` view. Each cold (a fresh engine: no footer, statistics or graph cache; the OS page
+//! cache is as the machine left it) and warm (median of 5 repeats on the same engine).
 //!
 //! ```sh
-//! cargo run --release -p idtrail-report --example bench_report -- DATA_DIR
+//! cargo run --release -p idtrail-report --example bench_store -- DATA_DIR
 //! ```
 //! `scripts/bench-query` fills a data directory with `idtrail gen` first.
 
@@ -23,6 +24,32 @@ fn options(data_dir: &Path) -> QueryOptions {
         grants_files: Vec::new(),
         rules_dirs: Vec::new(),
     }
+}
+
+async fn first_value(engine: &QueryEngine, sql: &str) -> Vec<String> {
+    let (_, batches) = engine.sql(sql, Vec::new()).await.expect(sql);
+    let batch = batches.iter().find(|b| b.num_rows() > 0).expect("a row");
+    (0..batch.num_columns())
+        .map(|c| {
+            let column = arrow::compute::cast(batch.column(c), &arrow::datatypes::DataType::Utf8)
+                .expect("cast");
+            let strings = column.as_string::<i32>();
+            if strings.is_null(0) {
+                String::new()
+            } else {
+                strings.value(0).to_string()
+            }
+        })
+        .collect()
+}
+
+async fn run(engine: &QueryEngine, sql: &str) -> (Duration, usize) {
+    let started = Instant::now();
+    let (_, batches) = engine.sql(sql, Vec::new()).await.expect(sql);
+    (
+        started.elapsed(),
+        batches.iter().map(|b| b.num_rows()).sum(),
+    )
 }
 
 /// Credentials by how often they were presented, busiest first.
@@ -94,30 +121,101 @@ fn median(mut times: Vec<Duration>) -> f64 {
 async fn main() {
     let data_dir: PathBuf = std::env::args()
         .nth(1)
-        .expect("usage: bench_report DATA_DIR")
+        .expect("usage: bench_store DATA_DIR")
         .into();
     let setup = QueryEngine::new(options(&data_dir)).await.expect("engine");
+
+    let totals = first_value(
+        &setup,
+        "SELECT (SELECT count(*) FROM spans) AS spans, (SELECT count(*) FROM chains) AS chains, \
+         (SELECT count(*) FROM edges) AS edges",
+    )
+    .await;
+    println!(
+        "data: {} spans, {} chain rows, {} edge rows",
+        totals[0], totals[1], totals[2]
+    );
+
+    // Inputs: the busiest credential and a typical one (the median by how often credentials
+    // were presented), one write's chain, the user who reaches most.
     let ranked = credentials_by_use(&setup).await;
+    let (credential, typical) = (ranked[0].clone(), ranked[ranked.len() / 2].clone());
+    let chain = first_value(
+        &setup,
+        "SELECT trace_id, effect_span_id FROM chains WHERE effect_is_write ORDER BY time DESC LIMIT 1",
+    )
+    .await;
+    let user = first_value(
+        &setup,
+        "SELECT src_id FROM edges WHERE relation = 'initiated' GROUP BY src_id ORDER BY count(*) DESC LIMIT 1",
+    )
+    .await[0]
+        .clone();
     drop(setup);
+
+    let queries = [
+        (
+            "everything one credential touched (spans), the busiest credential",
+            format!(
+                "SELECT start_time, service_name, name, api_method, api_route, effect_kind, effect_target \
+                 FROM spans WHERE credential_fp = '{credential}'"
+            ),
+            50.0,
+        ),
+        (
+            "everything one credential touched (spans), a typical credential",
+            format!(
+                "SELECT start_time, service_name, name, api_method, api_route, effect_kind, effect_target \
+                 FROM spans WHERE credential_fp = '{typical}'"
+            ),
+            50.0,
+        ),
+        (
+            "chain of one side effect (chains_latest)",
+            format!(
+                "SELECT * FROM chains_latest WHERE trace_id = '{}' AND effect_span_id = '{}'",
+                chain[0], chain[1]
+            ),
+            50.0,
+        ),
+        (
+            "chain of one side effect (chain_of)",
+            format!("SELECT * FROM chain_of('{}', '{}')", chain[0], chain[1]),
+            50.0,
+        ),
+        (
+            "blast radius, depth 6, of the busiest user",
+            format!("SELECT * FROM blast_radius('user', '{user}', 6)"),
+            200.0,
+        ),
+    ];
+    println!("| query | rows | cold ms | warm ms (median of 5) | target ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, sql, target) in queries {
+        let engine = QueryEngine::new(options(&data_dir)).await.expect("engine");
+        let (cold, rows) = run(&engine, &sql).await;
+        let mut warm = Vec::new();
+        for _ in 0..5 {
+            warm.push(run(&engine, &sql).await.0);
+        }
+        println!(
+            "| {name} | {rows} | {:.1} | {:.1} | < {target} |",
+            cold.as_secs_f64() * 1e3,
+            median(warm)
+        );
+    }
+    println!();
 
     println!("| question | rows | cold ms | warm ms (median of 5) | target ms |");
     println!("|---|---:|---:|---:|---:|");
     for (name, credential, findings) in [
-        (
-            "a typical credential, without findings",
-            &ranked[ranked.len() / 2],
-            false,
-        ),
+        ("a typical credential, without findings", &typical, false),
         (
             "the busiest credential, without findings",
-            &ranked[0],
+            &credential,
             false,
         ),
-        (
-            "a typical credential, with findings",
-            &ranked[ranked.len() / 2],
-            true,
-        ),
+        ("a typical credential, with findings", &typical, true),
     ] {
         let scope = Scope::new(Subject::Credential(credential.clone()), None, None).expect("scope");
         let engine = QueryEngine::new(options(&data_dir)).await.expect("engine");
