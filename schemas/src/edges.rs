@@ -9,6 +9,27 @@ use crate::{ts, utf8, versioned};
 /// Table name, also the top-level directory of its files.
 pub const TABLE: &str = "edges";
 
+/// The node kinds of `src_kind` and `dst_kind`.
+pub const NODE_KINDS: [&str; 6] = [
+    "user",
+    "agent",
+    "workload",
+    "credential",
+    "operation",
+    "resource",
+];
+
+/// The values of `relation`.
+pub const RELATIONS: [&str; 7] = [
+    "initiated",
+    "acts_for",
+    "presented",
+    "derived_from",
+    "invoked",
+    "called",
+    "affected",
+];
+
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(versioned(vec![
         utf8("src_kind", false),

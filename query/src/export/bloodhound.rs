@@ -704,25 +704,10 @@ mod tests {
 
     #[test]
     fn every_relation_and_kind_is_namespaced() {
-        for relation in [
-            "initiated",
-            "acts_for",
-            "presented",
-            "derived_from",
-            "invoked",
-            "called",
-            "affected",
-        ] {
+        for relation in idtrail_schemas::edges::RELATIONS {
             assert_valid_kind(edge_kind(relation).expect(relation));
         }
-        for kind in [
-            "user",
-            "agent",
-            "workload",
-            "credential",
-            "operation",
-            "resource",
-        ] {
+        for kind in idtrail_schemas::edges::NODE_KINDS {
             let parsed = NodeKind::parse(kind).expect(kind);
             assert_eq!(parsed.name(), kind);
             assert_valid_kind(parsed.opengraph());

@@ -118,14 +118,7 @@ fn chains(out: &mut String, section: &Section) {
         return;
     }
     out.push_str("<p class=\"legend\">");
-    for kind in [
-        "user",
-        "agent",
-        "workload",
-        "credential",
-        "operation",
-        "resource",
-    ] {
+    for kind in idtrail_schemas::edges::NODE_KINDS {
         let _ = write!(
             out,
             "<span style=\"background:{}\">{kind}</span>",
