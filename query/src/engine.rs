@@ -223,6 +223,27 @@ impl QueryEngine {
         &self.options
     }
 
+    /// An engine whose queries also see a table `name` holding `batches`, in front of the
+    /// catalog's own tables, with the same options and caches. The table stays private to it:
+    /// an incident report materialises its scope once as `scoped` and runs each section over it.
+    pub fn with_batches(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<QueryEngine> {
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| QueryError::storage(format!("holding {name}"), e))?;
+        Ok(QueryEngine {
+            base: crate::overlay::with_tables(
+                &self.base,
+                vec![(name.to_string(), Arc::new(table))],
+            )?,
+            options: self.options.clone(),
+            rules: self.rules.clone(),
+        })
+    }
+
     /// The detection rules behind the `findings` view, most severe first.
     pub fn rules(&self) -> &[Rule] {
         &self.rules

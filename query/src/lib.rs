@@ -21,6 +21,7 @@ pub mod findings;
 pub mod flight_sql;
 pub mod http;
 pub mod lineage;
+mod overlay;
 pub mod sql;
 pub mod views;
 

@@ -119,27 +119,83 @@ impl Scope {
         text
     }
 
-    /// `WITH scoped AS (…)`: the newest revision of every chain in scope, with its attribution
-    /// (`chains_attributed`). Sections add their own CTEs after it with `, name AS (…)`.
-    pub fn scoped_cte(&self) -> String {
+    /// The query listing the traces that can hold a chain in scope, `None` when only the time
+    /// window bounds it. The report runs it first and hands its answer to
+    /// [`scoped_ctes`](Self::scoped_ctes) as a literal list, so that the trace filter reaches
+    /// the Parquet bloom filters of `chains` through the views.
+    pub fn traces_sql(&self) -> Option<String> {
+        let window = self.window_predicate("time");
+        let sql = match &self.subject {
+            // The credential may sit on any hop, so its traces come from the spans that carried
+            // it (bloom filters on credential_fp); the path check below keeps the chains it is on.
+            Subject::Credential(fp) => format!(
+                "SELECT DISTINCT trace_id FROM spans WHERE credential_fp = {}",
+                literal(fp)
+            ),
+            Subject::User(id) => format!(
+                "SELECT DISTINCT trace_id FROM chains WHERE user_id = {} AND {window}",
+                literal(id)
+            ),
+            Subject::Agent(id) => format!(
+                "SELECT DISTINCT trace_id FROM chains WHERE array_has(agents, {}) AND {window}",
+                literal(id)
+            ),
+            Subject::Trace(id) => format!(
+                "SELECT {id} AS trace_id UNION \
+                 SELECT trace_id FROM chains WHERE array_has(linked_trace_ids, {id})",
+                id = literal(id)
+            ),
+            Subject::Resource(id) => format!(
+                "SELECT DISTINCT trace_id FROM chains \
+                 WHERE (concat(effect_kind, ':', effect_target) = {id} OR effect_target = {id}) \
+                 AND {window}",
+                id = literal(id)
+            ),
+            Subject::Window => return None,
+        };
+        Some(sql)
+    }
+
+    /// The CTEs (without `WITH`) that end in `scoped`: the newest revision of every chain in
+    /// scope, with its attribution (`chains_attributed`). `traces` restricts the chains read:
+    /// the answer of [`traces_sql`](Self::traces_sql), or `None` to print that query in place,
+    /// which gives the same rows and runs as it stands.
+    pub fn scoped_ctes(&self, traces: Option<&[String]>) -> Vec<String> {
         let window = self.window_predicate("c.time");
+        let in_traces = |column: &str| match (traces, self.traces_sql()) {
+            (_, None) => "true".to_string(),
+            (Some([]), _) => "false".to_string(),
+            (Some(ids), _) => format!(
+                "{column} IN ({})",
+                ids.iter()
+                    .map(|id| literal(id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (None, Some(query)) => format!("{column} IN ({query})"),
+        };
         match &self.subject {
             Subject::Credential(fp) => {
-                // Only traces where the credential appears are unpacked; the spans lookup uses
-                // the bloom filters on credential_fp. A chain is in scope when the credential is
-                // anywhere on its path (any hop, not only the one closest to the effect).
+                // A chain is in scope when the credential is anywhere on its path (any hop, not
+                // only the one closest to the effect).
                 let fp = literal(fp);
-                format!(
-                    "WITH hits AS (\n  \
-                       SELECT DISTINCT trace_id, effect_span_id\n  \
-                       FROM (SELECT trace_id, effect_span_id, unnest(path) AS step FROM chains\n        \
-                             WHERE trace_id IN (SELECT trace_id FROM spans WHERE credential_fp = {fp}))\n  \
-                       WHERE step['kind'] = 'credential' AND step['id'] = {fp}),\n\
-                     scoped AS (\n  \
-                       SELECT c.* FROM chains_attributed c\n  \
-                       JOIN hits h ON c.trace_id = h.trace_id AND c.effect_span_id = h.effect_span_id\n  \
-                       WHERE {window})"
-                )
+                vec![
+                    format!(
+                        "hits AS (\n  \
+                           SELECT DISTINCT trace_id, effect_span_id\n  \
+                           FROM (SELECT trace_id, effect_span_id, unnest(path) AS step FROM chains\n        \
+                                 WHERE {})\n  \
+                           WHERE step['kind'] = 'credential' AND step['id'] = {fp})",
+                        in_traces("trace_id")
+                    ),
+                    format!(
+                        "scoped AS (\n  \
+                           SELECT c.* FROM chains_attributed c\n  \
+                           JOIN hits h ON c.trace_id = h.trace_id AND c.effect_span_id = h.effect_span_id\n  \
+                           WHERE {} AND {window})",
+                        in_traces("c.trace_id")
+                    ),
+                ]
             }
             other => {
                 let subject = match other {
@@ -155,13 +211,24 @@ impl Scope {
                     ),
                     _ => "true".to_string(),
                 };
-                format!(
-                    "WITH scoped AS (\n  \
+                vec![format!(
+                    "scoped AS (\n  \
                        SELECT c.* FROM chains_attributed c\n  \
-                       WHERE {subject} AND {window})"
-                )
+                       WHERE {} AND {subject} AND {window})",
+                    in_traces("c.trace_id")
+                )]
             }
         }
+    }
+
+    /// `WITH …, scoped AS (…)` as printed in the report: the scope's CTEs, then `extra` ones.
+    pub fn with_clause(&self, extra: &[&str]) -> String {
+        with_clause(
+            self.scoped_ctes(None)
+                .iter()
+                .map(String::as_str)
+                .chain(extra.iter().copied()),
+        )
     }
 
     /// The time window as a predicate on `column` (`true` without one).
@@ -178,6 +245,16 @@ impl Scope {
         } else {
             parts.join(" AND ")
         }
+    }
+}
+
+/// `WITH a, b, …` (empty without CTEs).
+pub fn with_clause<'a>(ctes: impl IntoIterator<Item = &'a str>) -> String {
+    let ctes: Vec<&str> = ctes.into_iter().collect();
+    if ctes.is_empty() {
+        String::new()
+    } else {
+        format!("WITH {}\n", ctes.join(",\n"))
     }
 }
 
@@ -210,6 +287,6 @@ mod tests {
     #[test]
     fn quotes_in_ids_stay_inside_their_literal() {
         let scope = Scope::new(Subject::User("o'brien".into()), None, None).unwrap();
-        assert!(scope.scoped_cte().contains("c.user_id = 'o''brien'"));
+        assert!(scope.with_clause(&[]).contains("c.user_id = 'o''brien'"));
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{ReportError, Result};
 use crate::graph::{ChainDrawing, ChainShapes};
-use crate::scope::{Scope, ScopeInfo, literal, rfc3339};
+use crate::scope::{Scope, ScopeInfo, literal, rfc3339, with_clause};
 use crate::table::Table;
 
 /// How much a report holds.
@@ -81,13 +81,14 @@ impl Report {
 /// Runs every section's queries for `scope`.
 pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions) -> Result<Report> {
     let started = Instant::now();
-    let scoped = scope.scoped_cte();
+    let queries = ScopedQueries::new(engine, scope).await?;
+    let engine = &queries.engine;
     let limit = options.max_rows + 1;
     let mut sections = Vec::new();
 
-    let summary_sql = format!(
-        "{scoped}\n\
-         SELECT count(*) AS side_effects,\n       \
+    let summary_sql = queries.sql(
+        &[],
+        "SELECT count(*) AS side_effects,\n       \
                 sum(CASE WHEN effect_is_write THEN 1 ELSE 0 END) AS writes,\n       \
                 sum(CASE WHEN NOT traceable THEN 1 ELSE 0 END) AS unattributed,\n       \
                 count(DISTINCT user_id) AS users,\n       \
@@ -96,9 +97,9 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 count(DISTINCT trace_id) AS traces,\n       \
                 date_trunc('second', min(time)) AS first_action,\n       \
                 date_trunc('second', max(time)) AS last_action\n\
-         FROM scoped"
+         FROM scoped",
     );
-    let summary = run(engine, "summary", &summary_sql, 1).await?;
+    let summary = run(engine, "summary", &summary_sql.executed, 1).await?;
     let figures = summary
         .columns
         .iter()
@@ -115,13 +116,13 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         .collect();
 
     // Streamed, not sorted: only the distinct shapes are kept, whatever the number of chains.
-    let chains_sql = format!("{scoped}\nSELECT path, time, traceable, trace_id FROM scoped");
+    let chains_sql = queries.sql(&[], "SELECT path, time, traceable, trace_id FROM scoped");
     let mut shapes = ChainShapes::new(options.max_chains);
     let failed = |source| ReportError::Query {
         section: "chains",
         source,
     };
-    let prepared = engine.prepare(&chains_sql).await.map_err(failed)?;
+    let prepared = engine.prepare(&chains_sql.executed).await.map_err(failed)?;
     let mut stream = engine.execute(prepared, Vec::new()).await.map_err(failed)?;
     while let Some(batch) = stream.next().await {
         shapes.add(&batch.map_err(failed)?);
@@ -161,17 +162,19 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         intro: "Each distinct chain (user → agents → credential → API hops → effect) in scope, \
                 drawn once with how often it occurred."
             .into(),
-        sql: vec![chains_sql],
+        sql: vec![chains_sql.printed],
         table: chains_table,
         chains: drawings,
     });
 
-    let timeline_sql = format!(
-        "{scoped}\n\
-         SELECT time, effect_operation AS operation, effect_target AS target,\n       \
+    let timeline_sql = queries.sql(
+        &[],
+        &format!(
+        "SELECT time, effect_operation AS operation, effect_target AS target,\n       \
                 effect_service AS service, user_id, array_to_string(agents, ' > ') AS agents,\n       \
                 credential_fp, traceable, approved_owner, trace_id, effect_span_id\n\
          FROM scoped ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
+        ),
     );
     sections.push(Section {
         id: "timeline",
@@ -179,40 +182,42 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         intro: "Every side effect in scope (newest revision of its chain), oldest first: what \
                 was done, by whom, through which agents and with which credential."
             .into(),
-        table: run(engine, "timeline", &timeline_sql, options.max_rows).await?,
-        sql: vec![timeline_sql],
+        table: run(engine, "timeline", &timeline_sql.executed, options.max_rows).await?,
+        sql: vec![timeline_sql.printed],
         chains: Vec::new(),
     });
 
-    sections.push(blast_radius(engine, scope, options, &scoped).await?);
+    sections.push(blast_radius(&queries, scope, options).await?);
 
-    let revoke_sql = format!(
-        "{scoped},\n\
-         involved AS (\n  \
-           SELECT DISTINCT step['id'] AS credential_fp\n  \
-           FROM (SELECT unnest(path) AS step FROM scoped)\n  \
-           WHERE step['kind'] = 'credential'),\n\
-         hop1 AS (\n  \
-           SELECT DISTINCT e.src_id AS credential_fp\n  \
-           FROM edges e JOIN involved i ON e.dst_id = i.credential_fp\n  \
-           WHERE e.relation = 'derived_from'),\n\
-         hop2 AS (\n  \
-           SELECT DISTINCT e.src_id AS credential_fp\n  \
-           FROM edges e JOIN hop1 h ON e.dst_id = h.credential_fp\n  \
-           WHERE e.relation = 'derived_from'),\n\
-         hop3 AS (\n  \
-           SELECT DISTINCT e.src_id AS credential_fp\n  \
-           FROM edges e JOIN hop2 h ON e.dst_id = h.credential_fp\n  \
-           WHERE e.relation = 'derived_from'),\n\
-         derived AS (\n  \
-           SELECT credential_fp FROM hop1 UNION SELECT credential_fp FROM hop2\n  \
-           UNION SELECT credential_fp FROM hop3\n  \
-           EXCEPT SELECT credential_fp FROM involved),\n\
-         candidates AS (\n  \
-           SELECT credential_fp, 'used in scope' AS reason FROM involved\n  \
-           UNION ALL\n  \
-           SELECT credential_fp, 'exchanged from a credential in scope' AS reason FROM derived)\n\
-         SELECT k.credential_fp, k.reason, min(s.credential_kind) AS kind,\n       \
+    let revoke_sql = queries.sql(
+        &[
+            "involved AS (\n  \
+               SELECT DISTINCT step['id'] AS credential_fp\n  \
+               FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+               WHERE step['kind'] = 'credential')",
+            "hop1 AS (\n  \
+               SELECT DISTINCT e.src_id AS credential_fp\n  \
+               FROM edges e JOIN involved i ON e.dst_id = i.credential_fp\n  \
+               WHERE e.relation = 'derived_from')",
+            "hop2 AS (\n  \
+               SELECT DISTINCT e.src_id AS credential_fp\n  \
+               FROM edges e JOIN hop1 h ON e.dst_id = h.credential_fp\n  \
+               WHERE e.relation = 'derived_from')",
+            "hop3 AS (\n  \
+               SELECT DISTINCT e.src_id AS credential_fp\n  \
+               FROM edges e JOIN hop2 h ON e.dst_id = h.credential_fp\n  \
+               WHERE e.relation = 'derived_from')",
+            "derived AS (\n  \
+               SELECT credential_fp FROM hop1 UNION SELECT credential_fp FROM hop2\n  \
+               UNION SELECT credential_fp FROM hop3\n  \
+               EXCEPT SELECT credential_fp FROM involved)",
+            "candidates AS (\n  \
+               SELECT credential_fp, 'used in scope' AS reason FROM involved\n  \
+               UNION ALL\n  \
+               SELECT credential_fp, 'exchanged from a credential in scope' AS reason FROM derived)",
+        ],
+        &format!(
+        "SELECT k.credential_fp, k.reason, min(s.credential_kind) AS kind,\n       \
                 min(s.token_iss) AS issuer, min(s.token_sub) AS subject,\n       \
                 max(s.token_expires_at) AS expires_at,\n       \
                 min(s.start_time) AS first_seen, max(s.start_time) AS last_seen,\n       \
@@ -221,6 +226,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
          FROM candidates k JOIN spans s ON s.credential_fp = k.credential_fp\n\
          GROUP BY k.credential_fp, k.reason\n\
          ORDER BY last_seen DESC, k.credential_fp LIMIT {limit}"
+        ),
     );
     sections.push(Section {
         id: "revoke",
@@ -229,18 +235,20 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 them (up to three exchanges away): rotate or revoke these. `seen_in` lists the \
                 services that carried each."
             .into(),
-        table: run(engine, "revoke", &revoke_sql, options.max_rows).await?,
-        sql: vec![revoke_sql],
+        table: run(engine, "revoke", &revoke_sql.executed, options.max_rows).await?,
+        sql: vec![revoke_sql.printed],
         chains: Vec::new(),
     });
 
-    let unattributed_sql = format!(
-        "{scoped}\n\
-         SELECT time, effect_operation AS operation, effect_target AS target,\n       \
+    let unattributed_sql = queries.sql(
+        &[],
+        &format!(
+        "SELECT time, effect_operation AS operation, effect_target AS target,\n       \
                 effect_service AS service, array_to_string(agents, ' > ') AS agents,\n       \
                 credential_fp, array_to_string(missing, ', ') AS missing, trace_id, effect_span_id\n\
          FROM scoped WHERE NOT traceable\n\
          ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
+        ),
     );
     sections.push(Section {
         id: "unattributed",
@@ -249,30 +257,39 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 owner vouching for an agent, credential or service on it. `missing` names the \
                 links the traces did not show."
             .into(),
-        table: run(engine, "unattributed", &unattributed_sql, options.max_rows).await?,
-        sql: vec![unattributed_sql],
+        table: run(
+            engine,
+            "unattributed",
+            &unattributed_sql.executed,
+            options.max_rows,
+        )
+        .await?,
+        sql: vec![unattributed_sql.printed],
         chains: Vec::new(),
     });
 
-    let findings_sql = format!(
-        "{scoped},\n\
-         subjects AS (\n  \
-           SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
-           FROM (SELECT unnest(path) AS step FROM scoped)\n  \
-           UNION\n  \
-           SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
-           WHERE effect_service IS NOT NULL),\n\
-         traces AS (SELECT DISTINCT trace_id FROM scoped),\n\
-         matched AS (\n  \
-           SELECT f.* FROM findings f\n  \
-           LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
-           LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
-           WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)\n\
-         SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
+    let findings_sql = queries.sql(
+        &[
+            "subjects AS (\n  \
+               SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
+               FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+               UNION\n  \
+               SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
+               WHERE effect_service IS NOT NULL)",
+            "traces AS (SELECT DISTINCT trace_id FROM scoped)",
+            "matched AS (\n  \
+               SELECT f.* FROM findings f\n  \
+               LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
+               LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
+               WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)",
+        ],
+        &format!(
+        "SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
                 trace_id\n\
          FROM matched\n\
          ORDER BY severity_rank, rule_id, subject_id, time\n\
          LIMIT {limit}"
+        ),
     );
     if options.findings {
         sections.push(Section {
@@ -282,8 +299,8 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
                 item."
                 .into(),
-            table: run(engine, "findings", &findings_sql, options.max_rows).await?,
-            sql: vec![findings_sql],
+            table: run(engine, "findings", &findings_sql.executed, options.max_rows).await?,
+            sql: vec![findings_sql.printed],
             chains: Vec::new(),
         });
     }
@@ -294,7 +311,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
             id: "summary",
             title: "Summary",
             intro: format!("Side effects in scope: {}.", scope.describe()),
-            sql: vec![summary_sql],
+            sql: vec![summary_sql.printed],
             table: summary,
             chains: Vec::new(),
         },
@@ -311,21 +328,29 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
 
 /// Observed versus potential reach of the subject, or of the busiest credentials in scope.
 async fn blast_radius(
-    engine: &QueryEngine,
+    queries: &ScopedQueries<'_>,
     scope: &Scope,
     options: &ReportOptions,
-    scoped: &str,
 ) -> Result<Section> {
+    let engine = &queries.engine;
     let starts: Vec<(String, String)> = match scope.identity() {
         Some((kind, id)) => vec![(kind.to_string(), id.to_string())],
         None => {
-            let sql = format!(
-                "{scoped}\n\
-                 SELECT credential_fp FROM scoped WHERE credential_fp IS NOT NULL\n\
-                 GROUP BY credential_fp ORDER BY count(*) DESC, credential_fp LIMIT {}",
-                options.max_blast_credentials
+            let sql = queries.sql(
+                &[],
+                &format!(
+                    "SELECT credential_fp FROM scoped WHERE credential_fp IS NOT NULL\n\
+                     GROUP BY credential_fp ORDER BY count(*) DESC, credential_fp LIMIT {}",
+                    options.max_blast_credentials
+                ),
             );
-            let table = run(engine, "blast_radius", &sql, options.max_blast_credentials).await?;
+            let table = run(
+                engine,
+                "blast_radius",
+                &sql.executed,
+                options.max_blast_credentials,
+            )
+            .await?;
             (0..table.rows.len())
                 .map(|r| ("credential".to_string(), table.text(r, "credential_fp")))
                 .collect()
@@ -372,6 +397,69 @@ async fn blast_radius(
         table,
         chains: Vec::new(),
     })
+}
+
+/// A section's query twice over: as printed, with the scope's CTEs so that it runs as it
+/// stands; and as executed, over `scoped` materialised once for the whole report.
+struct SectionSql {
+    printed: String,
+    executed: String,
+}
+
+/// Runs the scope's query once and hands every section an engine where `scoped` is its answer.
+/// Seven sections re-deriving the scope each read the chains of the whole store; now only the
+/// scope's own query does, and through its trace list the bloom filters skip most files.
+struct ScopedQueries<'a> {
+    scope: &'a Scope,
+    engine: QueryEngine,
+    /// False when only the time window bounds the scope: materialising every chain of a window
+    /// could outgrow memory, so each section then runs its printed query.
+    materialised: bool,
+}
+
+impl<'a> ScopedQueries<'a> {
+    async fn new(engine: &QueryEngine, scope: &'a Scope) -> Result<ScopedQueries<'a>> {
+        let Some(traces_sql) = scope.traces_sql() else {
+            return Ok(ScopedQueries {
+                scope,
+                engine: engine.clone(),
+                materialised: false,
+            });
+        };
+        let traces = run(engine, "scope", &traces_sql, usize::MAX).await?;
+        let trace_ids: Vec<String> = (0..traces.rows.len())
+            .map(|r| traces.text(r, "trace_id"))
+            .collect();
+        let ctes = scope.scoped_ctes(Some(&trace_ids));
+        let sql = format!(
+            "{}SELECT * FROM scoped",
+            with_clause(ctes.iter().map(String::as_str))
+        );
+        let failed = |source| ReportError::Query {
+            section: "scope",
+            source,
+        };
+        let (schema, batches) = engine.sql(&sql, Vec::new()).await.map_err(failed)?;
+        let engine = engine
+            .with_batches("scoped", schema, batches)
+            .map_err(failed)?;
+        Ok(ScopedQueries {
+            scope,
+            engine,
+            materialised: true,
+        })
+    }
+
+    /// The query made of the section's own CTEs (`extra`, after `scoped`) and `body`.
+    fn sql(&self, extra: &[&str], body: &str) -> SectionSql {
+        let printed = format!("{}{body}", self.scope.with_clause(extra));
+        let executed = if self.materialised {
+            format!("{}{body}", with_clause(extra.iter().copied()))
+        } else {
+            printed.clone()
+        };
+        SectionSql { printed, executed }
+    }
 }
 
 fn count_reach(table: &Table, reach: &str) -> usize {
