@@ -3,7 +3,8 @@
 //! `findings` view of [`crate::findings`] and the lineage table functions of [`crate::lineage`].
 //!
 //! The Parquet tables are DataFusion listing tables with the hive columns `date` and `hour`, so
-//! `WHERE date = '2026-11-22' AND hour = '13'` skips whole directories. The directory is listed
+//! `WHERE date = '2026-11-22' AND hour = '13'` skips whole directories, and so does a bound on
+//! the time column a table is partitioned by ([`crate::partitions`]). The directory is listed
 //! again for every query (no list cache), so files published while a server runs are visible to
 //! the next query; footers and statistics of the immutable files are cached across queries.
 

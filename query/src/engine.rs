@@ -199,6 +199,7 @@ impl QueryEngine {
             .with_default_features()
             .build();
         let base = SessionContext::new_with_state(state);
+        base.add_optimizer_rule(Arc::new(crate::partitions::TimePartitionPruning));
         let owners = Arc::new(DeclaredFiles::new(
             DeclaredKind::Owners,
             options.owners_files.clone(),

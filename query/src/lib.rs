@@ -22,6 +22,7 @@ pub mod flight_sql;
 pub mod http;
 pub mod lineage;
 mod overlay;
+pub mod partitions;
 pub mod sql;
 pub mod views;
 
