@@ -79,7 +79,7 @@ impl DataArgs {
     /// The read-only query engine over the data directory (refused when there is none).
     pub async fn open_engine(&self) -> anyhow::Result<QueryEngine> {
         let config = self.load()?;
-        if !config.data_dir.is_dir() {
+        if !idtrail_query::store::is_url(&config.data_dir) && !config.data_dir.is_dir() {
             bail!(
                 "no data directory at {}: pass --data-dir, or --config with the collector's config",
                 config.data_dir.display()

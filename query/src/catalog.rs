@@ -1,5 +1,5 @@
-//! The tables a query sees: `spans`, `chains` and `edges` over the data directory's Parquet
-//! files, `owners` and `grants` from the declared files, the views of [`crate::views`], the
+//! The tables a query sees: `spans`, `chains` and `edges` over the Parquet files of the data
+//! directory or object-store URL ([`crate::store`]), `owners` and `grants` from the declared files, the views of [`crate::views`], the
 //! `findings` view of [`crate::findings`] and the lineage table functions of [`crate::lineage`].
 //!
 //! The Parquet tables are DataFusion listing tables with the hive columns `date` and `hour`, so
@@ -13,9 +13,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::prelude::SessionContext;
 use idtrail_schemas::{chains, edges, spans};
@@ -24,6 +22,7 @@ use crate::declared::{DeclaredFiles, DeclaredTable};
 use crate::error::{QueryError, Result};
 use crate::findings::{self, Rule};
 use crate::lineage::{self, LineageSources};
+use crate::store::TableStore;
 use crate::views;
 
 /// Hive partition columns of every Parquet table, as they appear in SQL.
@@ -38,9 +37,11 @@ pub async fn register_all(
     rules: &[Rule],
 ) -> Result<()> {
     let runtime = ctx.runtime_env();
-    let spans_table = listing_table(data_dir, spans::TABLE, spans::schema(), &runtime)?;
-    let chains_table = listing_table(data_dir, chains::TABLE, chains::schema(), &runtime)?;
-    let edges_table = listing_table(data_dir, edges::TABLE, edges::schema(), &runtime)?;
+    let store = TableStore::open(data_dir)?;
+    store.register(&runtime);
+    let spans_table = listing_table(&store, spans::TABLE, spans::schema(), &runtime)?;
+    let chains_table = listing_table(&store, chains::TABLE, chains::schema(), &runtime)?;
+    let edges_table = listing_table(&store, edges::TABLE, edges::schema(), &runtime)?;
     let register = |name: &str, table: Arc<dyn datafusion::catalog::TableProvider>| {
         ctx.register_table(name, table)
             .map(|_| ())
@@ -56,8 +57,10 @@ pub async fn register_all(
     lineage::register(
         ctx,
         LineageSources {
-            data_dir: data_dir.to_path_buf(),
+            store,
             spans: spans_table,
+            chains: chains_table,
+            edges: edges_table,
             owners,
             grants,
         },
@@ -65,21 +68,14 @@ pub async fn register_all(
     Ok(())
 }
 
-/// A listing table over `<data_dir>/<table>/date=…/hour=…/*.parquet`.
+/// A listing table over `<store>/<table>/date=…/hour=…/*.parquet`.
 fn listing_table(
-    data_dir: &Path,
+    store: &TableStore,
     table: &str,
     schema: SchemaRef,
     runtime: &RuntimeEnv,
 ) -> Result<Arc<ListingTable>> {
-    let dir = data_dir.join(table);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| QueryError::storage(format!("creating {}", dir.display()), e))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| QueryError::storage(format!("resolving {}", dir.display()), e))?;
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))
-        .map_err(|e| QueryError::storage(format!("table {table}"), e))?;
+    let url = store.table_url(table)?;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
         .with_file_extension(".parquet")
         .with_table_partition_cols(

@@ -24,6 +24,7 @@ pub mod lineage;
 mod overlay;
 pub mod partitions;
 pub mod sql;
+pub mod store;
 pub mod views;
 
 pub use engine::{QueryEngine, QueryOptions};

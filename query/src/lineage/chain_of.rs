@@ -11,12 +11,10 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit, TimestampNanosecondType};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::datasource::provider_as_source;
-use datafusion::logical_expr::LogicalPlanBuilder;
-use datafusion::physical_plan::collect;
 use datafusion::prelude::{col, lit};
 
 use super::graph::{Graph, Relation};
+use super::scan_columns;
 use crate::declared::Declared;
 use crate::error::{QueryError, Result};
 
@@ -339,23 +337,18 @@ async fn load_trace(
     spans: &Arc<dyn TableProvider>,
     trace_id: &str,
 ) -> Result<HashMap<String, SpanFacts>> {
-    let schema = spans.schema();
-    let projection: Vec<usize> = SPAN_COLUMNS
-        .iter()
-        .filter_map(|c| schema.index_of(c).ok())
-        .collect();
-    let storage = |e: datafusion::error::DataFusionError| QueryError::storage("reading spans", e);
     // Planned and optimised like a query, not scanned directly: the optimiser pushes the
     // trace filter into the Parquet scan, where bloom filters and statistics skip the row
     // groups without the trace (a bare `scan` with the filter read every file: 20 s warm over
     // 10M spans instead of milliseconds).
-    let plan =
-        LogicalPlanBuilder::scan("spans", provider_as_source(spans.clone()), Some(projection))
-            .and_then(|b| b.filter(col("trace_id").eq(lit(trace_id))))
-            .and_then(|b| b.build())
-            .map_err(storage)?;
-    let plan = session.create_physical_plan(&plan).await.map_err(storage)?;
-    let batches = collect(plan, session.task_ctx()).await.map_err(storage)?;
+    let batches = scan_columns(
+        session,
+        spans,
+        "spans",
+        SPAN_COLUMNS,
+        Some(col("trace_id").eq(lit(trace_id))),
+    )
+    .await?;
     let mut by_id = HashMap::new();
     for batch in &batches {
         for facts in span_facts(batch) {

@@ -6,18 +6,19 @@
 //! edges file (every writer flush) reloads it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{TimestampNanosecondType, UInt64Type};
-use idtrail_schemas::layout::published_files;
+use chrono::{DateTime, Utc};
+use datafusion::catalog::{Session, TableProvider};
+use futures::{TryStreamExt, future};
 use idtrail_schemas::{chains, edges};
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use object_store::path::Path as ObjectPath;
 
+use super::scan_columns;
 use crate::error::{QueryError, Result};
+use crate::store::TableStore;
 
 pub type NodeId = u32;
 
@@ -243,43 +244,61 @@ impl Graph {
     }
 }
 
-type Stamp = Vec<(PathBuf, u64, Option<SystemTime>)>;
+/// The published files of the tables a graph was built from, with size and modification
+/// time: the graph is rebuilt when this changes.
+type Stamp = Vec<(ObjectPath, u64, DateTime<Utc>)>;
 
-/// The graph of one data directory, reloaded when its edges (or chains) files change.
-#[derive(Debug)]
+/// The graph of one store, reloaded when its edges (or chains) files change.
 pub struct GraphCache {
-    data_dir: PathBuf,
-    cached: Mutex<Option<(Stamp, bool, Arc<Graph>)>>,
+    store: TableStore,
+    edges: Arc<dyn TableProvider>,
+    chains: Arc<dyn TableProvider>,
+    cached: tokio::sync::Mutex<Option<(Stamp, bool, Arc<Graph>)>>,
+}
+
+impl std::fmt::Debug for GraphCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphCache").finish_non_exhaustive()
+    }
 }
 
 impl GraphCache {
-    pub fn new(data_dir: PathBuf) -> GraphCache {
+    /// The graph of the `edges` table (and the scopes of `chains`) of `store`.
+    pub fn new(
+        store: TableStore,
+        edges: Arc<dyn TableProvider>,
+        chains: Arc<dyn TableProvider>,
+    ) -> GraphCache {
         GraphCache {
-            data_dir,
-            cached: Mutex::new(None),
+            store,
+            edges,
+            chains,
+            cached: tokio::sync::Mutex::new(None),
         }
     }
 
     /// The current graph; `with_scopes` also loads which credential carried which scope.
-    pub fn get(&self, with_scopes: bool) -> Result<Arc<Graph>> {
-        let mut files = list(&self.data_dir, edges::TABLE)?;
-        if with_scopes {
-            files.extend(list(&self.data_dir, chains::TABLE)?);
-        }
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((stamp, scoped, graph)) = cached.as_ref()
-            && *stamp == files
+    /// Concurrent callers wait for one load rather than each reading every file.
+    pub async fn get(&self, session: &dyn Session, with_scopes: bool) -> Result<Arc<Graph>> {
+        let edge_files = self.list(edges::TABLE).await?;
+        let chain_files = match with_scopes {
+            true => self.list(chains::TABLE).await?,
+            false => Vec::new(),
+        };
+        let stamp: Stamp = edge_files.iter().chain(&chain_files).cloned().collect();
+        let mut cached = self.cached.lock().await;
+        if let Some((cached_stamp, scoped, graph)) = cached.as_ref()
+            && *cached_stamp == stamp
             && (*scoped || !with_scopes)
         {
             return Ok(graph.clone());
         }
-        let edge_files: Vec<&Path> = files
-            .iter()
-            .map(|(p, _, _)| p.as_path())
-            .filter(|p| p.starts_with(self.data_dir.join(edges::TABLE)))
-            .collect();
-        let batches = read_columns(
-            &edge_files,
+        // Read through the same listing tables as every query (any store, both cores); the
+        // stamp was taken first, so a file published meanwhile at worst triggers one more load.
+        let batches = scan_columns(
+            session,
+            &self.edges,
+            edges::TABLE,
             &[
                 "src_kind",
                 "src_id",
@@ -290,88 +309,56 @@ impl GraphCache {
                 "last_seen",
                 "count",
             ],
-        )?;
-        let mut graph = Graph::from_batches(&batches)?;
-        if with_scopes {
-            let chain_files: Vec<&Path> = files
-                .iter()
-                .map(|(p, _, _)| p.as_path())
-                .filter(|p| p.starts_with(self.data_dir.join(chains::TABLE)))
-                .collect();
-            graph.add_scopes(&read_columns(
-                &chain_files,
-                &["credential_fp", "token_scopes"],
-            )?);
-        }
+            None,
+        )
+        .await?;
+        let scopes = match with_scopes {
+            true => Some(
+                scan_columns(
+                    session,
+                    &self.chains,
+                    chains::TABLE,
+                    &["credential_fp", "token_scopes"],
+                    None,
+                )
+                .await?,
+            ),
+            false => None,
+        };
+        // Building the adjacency takes seconds at millions of edges: off the async workers.
+        let graph = tokio::task::spawn_blocking(move || -> Result<Graph> {
+            let mut graph = Graph::from_batches(&batches)?;
+            if let Some(scopes) = scopes {
+                graph.add_scopes(&scopes);
+            }
+            Ok(graph)
+        })
+        .await
+        .map_err(|e| QueryError::Execution(format!("building the lineage graph: {e}")))??;
         let graph = Arc::new(graph);
-        *cached = Some((files, with_scopes, graph.clone()));
+        *cached = Some((stamp, with_scopes, graph.clone()));
         Ok(graph)
     }
-}
 
-fn list(data_dir: &Path, table: &str) -> Result<Stamp> {
-    let files = published_files(data_dir, table, None)
-        .map_err(|e| QueryError::storage(format!("listing {table} files"), e))?;
-    Ok(files
-        .into_iter()
-        .map(|path| {
-            let meta = std::fs::metadata(&path).ok();
-            let size = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (path, size, modified)
-        })
-        .collect())
-}
-
-/// Reads `columns` of every file, both cores decoding.
-fn read_columns(files: &[&Path], columns: &[&str]) -> Result<Vec<RecordBatch>> {
-    let read = |path: &Path| -> Result<Vec<RecordBatch>> {
-        let context = || format!("reading {}", path.display());
-        let file = std::fs::File::open(path).map_err(|e| QueryError::storage(context(), e))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| QueryError::storage(context(), e))?;
-        // Roots by the Arrow schema: a list column has one leaf but counts as one root.
-        let arrow_schema = builder.schema().clone();
-        let indices: Vec<usize> = columns
-            .iter()
-            .filter_map(|name| arrow_schema.index_of(name).ok())
-            .collect();
-        let mask = ProjectionMask::roots(builder.parquet_schema(), indices);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(64 * 1024)
-            .build()
-            .map_err(|e| QueryError::storage(context(), e))?;
-        reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| QueryError::storage(context(), e))
-    };
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    let chunk = files.len().div_ceil(threads).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || -> Result<Vec<RecordBatch>> {
-                    let mut out = Vec::new();
-                    for path in part {
-                        out.extend(read(path)?);
-                    }
-                    Ok(out)
-                })
+    /// The published Parquet files of `table`, in a stable order. Hidden files (a writer's
+    /// temporary ones) are not published yet.
+    async fn list(&self, table: &str) -> Result<Stamp> {
+        let prefix = self.store.table_prefix(table);
+        let mut files: Stamp = self
+            .store
+            .store()
+            .list(Some(&prefix))
+            .try_filter(|meta| {
+                let name = meta.location.filename().unwrap_or_default();
+                future::ready(!name.starts_with('.') && name.ends_with(".parquet"))
             })
-            .collect();
-        let mut all = Vec::new();
-        for handle in handles {
-            let part = handle.join().map_err(|_| {
-                QueryError::storage("reading lineage files", "a reader thread panicked")
-            })??;
-            all.extend(part);
-        }
-        Ok(all)
-    })
+            .map_ok(|meta| (meta.location, meta.size, meta.last_modified))
+            .try_collect()
+            .await
+            .map_err(|e| QueryError::storage(format!("listing {table} files"), e))?;
+        files.sort();
+        Ok(files)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ mod graph;
 mod reach;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -24,9 +23,11 @@ use datafusion::catalog::{Session, TableFunctionArgs, TableFunctionImpl, TablePr
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::provider_as_source;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::{ColumnarValue, Expr};
+use datafusion::logical_expr::{ColumnarValue, Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::collect;
 use datafusion::prelude::SessionContext;
 
 pub use graph::{Graph, GraphCache};
@@ -39,8 +40,10 @@ pub const DEFAULT_MAX_DEPTH: u32 = 6;
 
 /// What the lineage functions read.
 pub struct LineageSources {
-    pub data_dir: PathBuf,
+    pub store: crate::store::TableStore,
     pub spans: Arc<dyn TableProvider>,
+    pub chains: Arc<dyn TableProvider>,
+    pub edges: Arc<dyn TableProvider>,
     pub owners: Arc<DeclaredFiles>,
     pub grants: Arc<DeclaredFiles>,
 }
@@ -60,7 +63,7 @@ impl fmt::Debug for Shared {
 
 pub fn register(ctx: &SessionContext, sources: LineageSources) {
     let shared = Arc::new(Shared {
-        graph: GraphCache::new(sources.data_dir),
+        graph: GraphCache::new(sources.store, sources.edges, sources.chains),
         spans: sources.spans,
         owners: sources.owners,
         grants: sources.grants,
@@ -220,6 +223,33 @@ fn timestamp_nanos(value: &ScalarValue) -> Option<i64> {
     }
 }
 
+/// `columns` of `table` (rows passing `filter`), planned and optimised like a query so that the
+/// filter reaches the Parquet scan and the files are read in parallel from whichever store
+/// holds them.
+pub(crate) async fn scan_columns(
+    session: &dyn Session,
+    table: &Arc<dyn TableProvider>,
+    name: &str,
+    columns: &[&str],
+    filter: Option<Expr>,
+) -> Result<Vec<RecordBatch>, QueryError> {
+    let schema = table.schema();
+    let projection: Vec<usize> = columns
+        .iter()
+        .filter_map(|c| schema.index_of(c).ok())
+        .collect();
+    let storage = |e: DataFusionError| QueryError::storage(format!("reading {name}"), e);
+    let mut plan =
+        LogicalPlanBuilder::scan(name, provider_as_source(table.clone()), Some(projection))
+            .map_err(storage)?;
+    if let Some(filter) = filter {
+        plan = plan.filter(filter).map_err(storage)?;
+    }
+    let plan = plan.build().map_err(storage)?;
+    let plan = session.create_physical_plan(&plan).await.map_err(storage)?;
+    collect(plan, session.task_ctx()).await.map_err(storage)
+}
+
 /// One call's answer, computed when the plan is executed.
 #[derive(Debug)]
 struct LineageTable {
@@ -236,10 +266,7 @@ impl LineageTable {
         let grants = shared.grants.load()?;
         let needs_scopes = matches!(function, Function::BlastRadius)
             && grants.grants.iter().any(|g| g.subject_kind == "scope");
-        let loading = shared.clone();
-        let graph = tokio::task::spawn_blocking(move || loading.graph.get(needs_scopes))
-            .await
-            .map_err(|e| QueryError::Execution(format!("loading the lineage graph: {e}")))??;
+        let graph = shared.graph.get(session, needs_scopes).await?;
         match function {
             Function::BlastRadius => reach::blast_radius(
                 &graph,

@@ -1,0 +1,136 @@
+//! Where the tables are read from: the root of `<table>/date=…/hour=…/*.parquet`, as an
+//! [`ObjectStore`] and its URL. Every read of the query layer (listing tables, the lineage
+//! graph, `chain_of`) goes through DataFusion over this store, so a store other than the local
+//! directory changes nothing else. Today only local directories are built in: object-store
+//! URLs (`s3://bucket/prefix`) are refused by name, see docs/adr/0007-object-store-tables.md.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::error::{QueryError, Result};
+
+/// Whether `location` names an object store (`s3://…`) rather than a local directory.
+pub fn is_url(location: &Path) -> bool {
+    Url::parse(&location.to_string_lossy())
+        .is_ok_and(|url| url.scheme() != "file" && url.scheme().len() > 1)
+}
+
+/// The root of the tables: `<root>/<table>/date=…/hour=…/*.parquet`.
+#[derive(Debug, Clone)]
+pub struct TableStore {
+    /// The root as a URL (`file:///var/lib/idtrail/data`, `s3://bucket/prefix`).
+    url: Url,
+    store: Arc<dyn ObjectStore>,
+    /// The root inside `store`.
+    prefix: ObjectPath,
+}
+
+impl TableStore {
+    /// `location` is a local directory (created when missing) or an object-store URL.
+    pub fn open(location: &Path) -> Result<TableStore> {
+        let text = location.to_string_lossy();
+        match Url::parse(&text) {
+            Ok(url) if is_url(location) => Self::remote(url),
+            Ok(url) => {
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| QueryError::Plan(format!("{text} is not a local path")))?;
+                Self::local(&path)
+            }
+            // Not a URL: a path (a Windows drive letter also parses as a one-letter scheme).
+            Err(_) => Self::local(location),
+        }
+    }
+
+    fn local(dir: &Path) -> Result<TableStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| QueryError::storage(format!("creating {}", dir.display()), e))?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| QueryError::storage(format!("resolving {}", dir.display()), e))?;
+        let url = Url::from_directory_path(&dir)
+            .map_err(|()| QueryError::Plan(format!("{} is not an absolute path", dir.display())))?;
+        let prefix = ObjectPath::from_filesystem_path(&dir)
+            .map_err(|e| QueryError::storage(format!("resolving {}", dir.display()), e))?;
+        Ok(TableStore {
+            url,
+            store: Arc::new(LocalFileSystem::new()),
+            prefix,
+        })
+    }
+
+    fn remote(url: Url) -> Result<TableStore> {
+        // Reading S3, GCS and Azure needs object_store's cloud clients, which are not built
+        // into this binary yet (docs/adr/0007-object-store-tables.md): refuse by name rather
+        // than misread the URL as a relative directory.
+        Err(QueryError::Plan(format!(
+            "{url}: object-store URLs are not supported by this build yet; copy the tables to a \
+             local directory (for example `aws s3 sync {url} ./idtrail-data`) and pass that"
+        )))
+    }
+
+    /// Makes the store reachable to DataFusion's listing tables under its URL.
+    pub fn register(&self, runtime: &RuntimeEnv) {
+        runtime.register_object_store(&self.url, self.store.clone());
+    }
+
+    /// The root as given, for messages.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Where `table`'s files live inside the store.
+    pub fn table_prefix(&self, table: &str) -> ObjectPath {
+        self.prefix.clone().join(table)
+    }
+
+    /// The listing-table URL of `table` (with the trailing `/` that makes it a directory).
+    pub fn table_url(&self, table: &str) -> Result<ListingTableUrl> {
+        let root = self.url.as_str().trim_end_matches('/');
+        ListingTableUrl::parse(format!("{root}/{table}/"))
+            .map_err(|e| QueryError::storage(format!("table {table}"), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_file_urls_are_local_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let by_path = TableStore::open(dir.path()).expect("path");
+        assert_eq!(by_path.url().scheme(), "file");
+        let file_url = Url::from_directory_path(dir.path()).expect("url");
+        let by_url = TableStore::open(Path::new(file_url.as_str())).expect("file url");
+        assert_eq!(by_url.url(), by_path.url());
+        assert!(
+            by_path
+                .table_url("spans")
+                .expect("table")
+                .as_str()
+                .ends_with("/spans/")
+        );
+    }
+
+    #[test]
+    fn object_store_urls_are_refused_by_name() {
+        let err = TableStore::open(Path::new("s3://bucket/idtrail")).expect_err("s3");
+        assert!(err.to_string().contains("s3://bucket/idtrail"), "{err}");
+        assert!(
+            !Path::new("s3:/bucket").exists(),
+            "read as a relative directory"
+        );
+    }
+}
