@@ -270,30 +270,8 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         chains: Vec::new(),
     });
 
-    let findings_sql = queries.sql(
-        &[
-            "subjects AS (\n  \
-               SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
-               FROM (SELECT unnest(path) AS step FROM scoped)\n  \
-               UNION\n  \
-               SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
-               WHERE effect_service IS NOT NULL)",
-            "traces AS (SELECT DISTINCT trace_id FROM scoped)",
-            "matched AS (\n  \
-               SELECT f.* FROM findings f\n  \
-               LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
-               LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
-               WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)",
-        ],
-        &format!(
-        "SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
-                trace_id\n\
-         FROM matched\n\
-         ORDER BY severity_rank, rule_id, subject_id, time\n\
-         LIMIT {limit}"
-        ),
-    );
     if options.findings {
+        let (printed, table) = findings(engine, &queries, limit, options.max_rows).await?;
         sections.push(Section {
             id: "findings",
             title: "Findings",
@@ -301,8 +279,8 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
                 item."
                 .into(),
-            table: run(engine, "findings", &findings_sql.executed, options.max_rows).await?,
-            sql: vec![findings_sql.printed],
+            table,
+            sql: vec![printed],
             chains: Vec::new(),
         });
     }
@@ -326,6 +304,73 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         sections,
         elapsed_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// The findings on an identity or a trace in scope. Printed as one query over the `findings`
+/// view; run one rule at a time, in the printed order (severity, then rule id), because the
+/// view runs every rule in one plan and their aggregations together outgrow the per-query
+/// memory limit at 10M spans while each alone fits.
+async fn findings(
+    engine: &QueryEngine,
+    queries: &ScopedQueries<'_>,
+    limit: usize,
+    max_rows: usize,
+) -> Result<(String, Table)> {
+    let matched = |source: &str| {
+        format!(
+            "matched AS (\n  \
+               SELECT f.* FROM {source} f\n  \
+               LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
+               LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
+               WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)"
+        )
+    };
+    let sql = |source: &str| {
+        queries.sql(
+            &[
+                "subjects AS (\n  \
+                   SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
+                   FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+                   UNION\n  \
+                   SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
+                   WHERE effect_service IS NOT NULL)",
+                "traces AS (SELECT DISTINCT trace_id FROM scoped)",
+                &matched(source),
+            ],
+            &format!(
+                "SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
+                        trace_id\n\
+                 FROM matched\n\
+                 ORDER BY severity_rank, rule_id, subject_id, time\n\
+                 LIMIT {limit}"
+            ),
+        )
+    };
+    let mut rules: Vec<_> = engine.rules().iter().collect();
+    rules.sort_by(|a, b| (a.severity.rank(), &a.id).cmp(&(b.severity.rank(), &b.id)));
+    let mut table = Table::default();
+    for rule in rules {
+        if table.rows.len() >= max_rows {
+            table.truncated = true;
+            break;
+        }
+        // The view's other branches are constant-false under this filter and planned away.
+        let source = format!(
+            "(SELECT * FROM findings WHERE rule_id = {})",
+            literal(&rule.id)
+        );
+        let part = run(engine, "findings", &sql(&source).executed, max_rows).await?;
+        if table.columns.is_empty() {
+            table.columns = part.columns;
+        }
+        table.truncated |= part.truncated;
+        table.rows.extend(part.rows);
+    }
+    if table.rows.len() > max_rows {
+        table.rows.truncate(max_rows);
+        table.truncated = true;
+    }
+    Ok((sql("findings").printed, table))
 }
 
 /// The credentials to revoke, as the printed query answers them, in two steps: the candidates
