@@ -35,7 +35,14 @@ classified AS (
   FROM placed p JOIN places c ON c.environment = p.environment AND c.issuer = p.issuer
   -- Only spans that can matter: in production, or with a sign of non-production.
   WHERE (c.says_production AND NOT c.in_non_production) OR c.in_non_production
-     OR c.non_production_issuer)
+     OR c.non_production_issuer),
+flagged AS (
+  -- The credentials to report, found with a few booleans per credential; only theirs then
+  -- build the detail (service and environment lists per credential for every credential
+  -- outgrew 1 GiB at 11M spans).
+  SELECT credential_fp FROM classified
+  GROUP BY credential_fp
+  HAVING bool_or(in_production) AND (bool_or(non_production_issuer) OR bool_or(in_non_production)))
 SELECT max(start_time) FILTER (WHERE in_production) AS time,
        'credential' AS subject_kind,
        credential_fp AS subject_id,
@@ -49,5 +56,5 @@ SELECT max(start_time) FILTER (WHERE in_production) AS time,
        first_value(trace_id ORDER BY in_production DESC, start_time DESC) AS trace_id,
        first_value(span_id ORDER BY in_production DESC, start_time DESC) AS span_id
 FROM classified
+WHERE credential_fp IN (SELECT credential_fp FROM flagged)
 GROUP BY credential_fp
-HAVING bool_or(in_production) AND (bool_or(non_production_issuer) OR bool_or(in_non_production))
