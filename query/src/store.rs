@@ -18,8 +18,15 @@ use crate::error::{QueryError, Result};
 
 /// Whether `location` names an object store (`s3://…`) rather than a local directory.
 pub fn is_url(location: &Path) -> bool {
+    parse_location(location).is_some_and(|url| url.scheme() != "file")
+}
+
+/// `location` as a URL when it is one. A Windows drive letter (`C:\data`) also parses as a
+/// one-letter scheme: that is a path.
+fn parse_location(location: &Path) -> Option<Url> {
     Url::parse(&location.to_string_lossy())
-        .is_ok_and(|url| url.scheme() != "file" && url.scheme().len() > 1)
+        .ok()
+        .filter(|url| url.scheme().len() > 1)
 }
 
 /// The root of the tables: `<root>/<table>/date=…/hour=…/*.parquet`.
@@ -35,17 +42,15 @@ pub struct TableStore {
 impl TableStore {
     /// `location` is a local directory (created when missing) or an object-store URL.
     pub fn open(location: &Path) -> Result<TableStore> {
-        let text = location.to_string_lossy();
-        match Url::parse(&text) {
-            Ok(url) if is_url(location) => Self::remote(url),
-            Ok(url) => {
-                let path = url
-                    .to_file_path()
-                    .map_err(|()| QueryError::Plan(format!("{text} is not a local path")))?;
+        match parse_location(location) {
+            Some(url) if url.scheme() == "file" => {
+                let path = url.to_file_path().map_err(|()| {
+                    QueryError::Plan(format!("{} is not a local path", location.display()))
+                })?;
                 Self::local(&path)
             }
-            // Not a URL: a path (a Windows drive letter also parses as a one-letter scheme).
-            Err(_) => Self::local(location),
+            Some(url) => Self::remote(url),
+            None => Self::local(location),
         }
     }
 
