@@ -10,14 +10,16 @@
 //! The added predicates are implied by the time predicate they come from, so answers never
 //! change: a row in `hour=13` has its time column in that hour.
 
-use chrono::{DateTime, Datelike, Timelike};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Column, ScalarValue};
 use datafusion::error::Result;
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, LogicalPlan, Operator, lit};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+use idtrail_schemas::layout::Partition;
 use idtrail_schemas::{chains, edges, spans};
+
+use crate::catalog::PARTITION_COLUMNS;
 
 /// The column whose hour names a row's partition, per table.
 const PARTITIONED_BY: [(&str, &str); 3] = [
@@ -57,7 +59,7 @@ impl OptimizerRule for TimePartitionPruning {
         // Only over the listing tables themselves: the partition columns must be there.
         let source = scan.source.schema();
         let has = |name: &str| source.field_with_name(name).is_ok();
-        if !(has(time_column) && has("date") && has("hour")) {
+        if !(has(time_column) && PARTITION_COLUMNS.iter().all(|c| has(c))) {
             return Ok(Transformed::no(LogicalPlan::TableScan(scan)));
         }
         let column = |name: &str| Expr::Column(Column::new(Some(scan.table_name.clone()), name));
@@ -66,20 +68,19 @@ impl OptimizerRule for TimePartitionPruning {
             let Some((bound, nanos)) = time_bound(filter, time_column) else {
                 continue;
             };
-            let Some(at) = PartitionKey::of_nanos(nanos) else {
-                continue;
-            };
-            let (date, hour) = (column("date"), column("hour"));
+            let at = Partition::of_nanos(nanos);
+            let (at_date, at_hour) = (lit(at.date_value()), lit(at.hour_value()));
+            let [date, hour] = PARTITION_COLUMNS.map(column);
             let predicate = match bound {
                 Bound::From => date
                     .clone()
-                    .gt(lit(at.date.clone()))
-                    .or(date.eq(lit(at.date)).and(hour.gt_eq(lit(at.hour)))),
+                    .gt(at_date.clone())
+                    .or(date.eq(at_date).and(hour.gt_eq(at_hour))),
                 Bound::Until => date
                     .clone()
-                    .lt(lit(at.date.clone()))
-                    .or(date.eq(lit(at.date)).and(hour.lt_eq(lit(at.hour)))),
-                Bound::At => date.eq(lit(at.date)).and(hour.eq(lit(at.hour))),
+                    .lt(at_date.clone())
+                    .or(date.eq(at_date).and(hour.lt_eq(at_hour))),
+                Bound::At => date.eq(at_date).and(hour.eq(at_hour)),
             };
             if !scan.filters.contains(&predicate) && !added.contains(&predicate) {
                 added.push(predicate);
@@ -128,23 +129,6 @@ fn time_bound(filter: &Expr, time_column: &str) -> Option<(Bound, i64)> {
         _ => return None,
     };
     Some((bound, nanos))
-}
-
-/// The partition values of an instant, as the directory names spell them.
-struct PartitionKey {
-    date: String,
-    hour: String,
-}
-
-impl PartitionKey {
-    fn of_nanos(nanos: i64) -> Option<PartitionKey> {
-        let t = DateTime::from_timestamp_nanos(nanos);
-        // Partition names have four-digit years; an instant outside them bounds nothing here.
-        (0..=9999).contains(&t.year()).then(|| PartitionKey {
-            date: format!("{:04}-{:02}-{:02}", t.year(), t.month(), t.day()),
-            hour: format!("{:02}", t.hour()),
-        })
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,16 @@ pub fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `column IN ('a', 'b', …)` over `values` quoted as literals; `false` when there are none
+/// (`IN ()` is not SQL).
+pub fn in_list<S: AsRef<str>>(column: &str, values: &[S]) -> String {
+    if values.is_empty() {
+        return "false".to_string();
+    }
+    let quoted: Vec<String> = values.iter().map(|v| literal(v.as_ref())).collect();
+    format!("{column} IN ({})", quoted.join(", "))
+}
+
 /// A UTC instant as RFC 3339 text (`2026-11-22T10:00:00Z`, fractions only when present).
 pub fn rfc3339(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -32,6 +42,8 @@ mod tests {
     #[test]
     fn quotes_stay_inside_literals_and_times_round_trip() {
         assert_eq!(literal("o'brien"), "'o''brien'");
+        assert_eq!(in_list("c", &["a", "o'b"]), "c IN ('a', 'o''b')");
+        assert_eq!(in_list::<&str>("c", &[]), "false");
         let t = parse_rfc3339("2026-11-22T11:00:00+01:00").unwrap();
         assert_eq!(rfc3339(&t), "2026-11-22T10:00:00Z");
         assert_eq!(timestamp(&t), "CAST('2026-11-22T10:00:00Z' AS TIMESTAMP)");

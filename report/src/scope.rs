@@ -5,7 +5,7 @@
 //! runs again as it stands.
 
 use chrono::{DateTime, Utc};
-pub use idtrail_query::sql::{literal, rfc3339, timestamp};
+pub use idtrail_query::sql::{in_list, literal, rfc3339, timestamp};
 use serde::Serialize;
 
 use crate::error::{ReportError, Result};
@@ -164,14 +164,7 @@ impl Scope {
         let window = self.window_predicate("c.time");
         let in_traces = |column: &str| match (traces, self.traces_sql()) {
             (_, None) => "true".to_string(),
-            (Some([]), _) => "false".to_string(),
-            (Some(ids), _) => format!(
-                "{column} IN ({})",
-                ids.iter()
-                    .map(|id| literal(id))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (Some(ids), _) => in_list(column, ids),
             (None, Some(query)) => format!("{column} IN ({query})"),
         };
         match &self.subject {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::error::{ReportError, Result};
 use crate::graph::{ChainDrawing, ChainShapes};
-use crate::scope::{Scope, ScopeInfo, literal, rfc3339, with_clause};
+use crate::scope::{Scope, ScopeInfo, in_list, literal, rfc3339, with_clause};
 use crate::table::Table;
 
 /// How much a report holds.
@@ -350,8 +350,9 @@ async fn findings(
     rules.sort_by(|a, b| (a.severity.rank(), &a.id).cmp(&(b.severity.rank(), &b.id)));
     let mut table = Table::default();
     for rule in rules {
-        if table.rows.len() >= max_rows {
-            table.truncated = true;
+        // More rows than shown are known once a part was cut or the parts add up past it; at
+        // exactly `max_rows` the next rule may have none, as the printed LIMIT would tell.
+        if table.truncated || table.rows.len() > max_rows {
             break;
         }
         // The view's other branches are constant-false under this filter and planned away.
@@ -403,16 +404,7 @@ async fn revoke(
         .collect();
     fps.sort();
     fps.dedup();
-    let narrowed = match fps.is_empty() {
-        true => "\nWHERE false".to_string(),
-        false => format!(
-            "\nWHERE s.credential_fp IN ({})",
-            fps.iter()
-                .map(|fp| literal(fp))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    let narrowed = format!("\nWHERE {}", in_list("s.credential_fp", &fps));
     let engine = engine
         .with_batches("candidates", schema, batches)
         .map_err(failed)?;

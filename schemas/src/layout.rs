@@ -62,22 +62,31 @@ impl Partition {
     /// Directory of this partition relative to the data directory.
     pub fn dir(&self, table: &str) -> PathBuf {
         Path::new(table)
-            .join(format!(
-                "date={:04}-{:02}-{:02}",
-                self.year, self.month, self.day
-            ))
-            .join(format!("hour={:02}", self.hour))
+            .join(format!("date={}", self.date_value()))
+            .join(format!("hour={}", self.hour_value()))
+    }
+
+    /// The `date` partition column's value: `YYYY-MM-DD`.
+    pub fn date_value(&self) -> String {
+        format!("{:04}-{:02}-{:02}", self.year, self.month, self.day)
+    }
+
+    /// The `hour` partition column's value: `HH`.
+    pub fn hour_value(&self) -> String {
+        format!("{:02}", self.hour)
     }
 }
 
 impl fmt::Display for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "date={:04}-{:02}-{:02}/hour={:02}",
-            self.year, self.month, self.day, self.hour
-        )
+        write!(f, "date={}/hour={}", self.date_value(), self.hour_value())
     }
+}
+
+/// Whether a file name is a published table file: `*.parquet`, not hidden (a leading `.` marks
+/// a publication in progress). Every reader of the layout filters with this.
+pub fn is_published_name(name: &str) -> bool {
+    !name.starts_with('.') && name.ends_with(".parquet")
 }
 
 /// Name of a published file: `<writer-id>-<seq>.parquet`, seq zero-padded so names sort.
@@ -139,7 +148,7 @@ pub fn published_files(
     for (_, dir) in partitions {
         for path in read_dir_sorted(&dir)? {
             let name = base_name(&path);
-            if !name.starts_with('.') && name.ends_with(".parquet") && path.is_file() {
+            if is_published_name(&name) && path.is_file() {
                 files.push(path);
             }
         }

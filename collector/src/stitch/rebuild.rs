@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use idtrail_schemas::layout::TimeRange;
-use idtrail_schemas::layout::{HOUR_NANOS, Partition};
+use idtrail_schemas::layout::{self, HOUR_NANOS, Partition};
 use idtrail_schemas::{chains, edges as edges_table, spans};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaDataReader;
@@ -254,7 +254,7 @@ fn existing_files(data_dir: &Path, table: &str, partition: &Partition) -> Result
     for entry in entries {
         let entry = entry.map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && name.ends_with(".parquet") {
+        if layout::is_published_name(&name) {
             files.push(entry.path());
         }
     }

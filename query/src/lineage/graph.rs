@@ -13,7 +13,7 @@ use arrow::datatypes::{TimestampNanosecondType, UInt64Type};
 use chrono::{DateTime, Utc};
 use datafusion::catalog::{Session, TableProvider};
 use futures::{TryStreamExt, future};
-use idtrail_schemas::{chains, edges};
+use idtrail_schemas::{chains, edges, layout};
 use object_store::path::Path as ObjectPath;
 
 use super::scan_columns;
@@ -286,12 +286,10 @@ impl GraphCache {
     /// The current graph; `with_scopes` also loads which credential carried which scope.
     /// Concurrent callers wait for one load rather than each reading every file.
     pub async fn get(&self, session: &dyn Session, with_scopes: bool) -> Result<Arc<Graph>> {
-        let edge_files = self.list(edges::TABLE).await?;
-        let chain_files = match with_scopes {
-            true => self.list(chains::TABLE).await?,
-            false => Vec::new(),
-        };
-        let stamp: Stamp = edge_files.iter().chain(&chain_files).cloned().collect();
+        let mut stamp = self.list(edges::TABLE).await?;
+        if with_scopes {
+            stamp.extend(self.list(chains::TABLE).await?);
+        }
         let mut cached = self.cached.lock().await;
         if let Some((cached_stamp, scoped, graph)) = cached.as_ref()
             && *cached_stamp == stamp
@@ -356,7 +354,7 @@ impl GraphCache {
             .list(Some(&prefix))
             .try_filter(|meta| {
                 let name = meta.location.filename().unwrap_or_default();
-                future::ready(!name.starts_with('.') && name.ends_with(".parquet"))
+                future::ready(layout::is_published_name(name))
             })
             .map_ok(|meta| (meta.location, meta.size, meta.last_modified))
             .try_collect()
