@@ -118,6 +118,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     match cli.command {
         Command::Serve(args) => {
+            idtrail_collector::arm_failpoints_from_env();
             let config = args.config()?;
             init_logging(&config);
             runtime.block_on(idtrail::serve::run(config, shutdown_signal()))?;

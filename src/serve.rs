@@ -41,9 +41,10 @@ pub async fn run_with(
     let (stop_tx, stop_rx) = watch::channel(false);
     let flight = match config.query.flight_sql_address {
         Some(address) => {
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding Flight SQL to {address}"))?;
+            let listener =
+                idtrail_collector::listener::bind(address, config.query.tls.as_ref(), b"h2")
+                    .await
+                    .with_context(|| format!("starting Flight SQL on {address}"))?;
             tracing::info!(flight_sql = %address, "Flight SQL listening");
             let mut stopped = stop_rx.clone();
             let server = idtrail_query::flight_sql::serve(

@@ -38,6 +38,8 @@ pub struct Config {
     pub query: QueryConfig,
     /// Which OTel attributes fill which lineage columns.
     pub extraction: ExtractionConfig,
+    /// How much of one span is kept: attributes, links and value lengths.
+    pub span_limits: SpanLimitsConfig,
     /// Detection of secret-bearing attributes.
     pub secrets: SecretsConfig,
     /// Logging.
@@ -57,6 +59,7 @@ impl Default for Config {
             stitcher: StitcherConfig::default(),
             query: QueryConfig::default(),
             extraction: ExtractionConfig::default(),
+            span_limits: SpanLimitsConfig::default(),
             secrets: SecretsConfig::default(),
             log: LogConfig::default(),
         }
@@ -87,6 +90,49 @@ pub struct ReceiversConfig {
     /// UNAUTHENTICATED / HTTP 401, which exporters do not retry. The key id (never the key) is
     /// stored in `ingest_principal` as `key:<id>` on every span the request carried.
     pub auth_keys_file: Option<PathBuf>,
+    /// Resident memory (RSS) past which new exports are refused as UNAVAILABLE / HTTP 503 with
+    /// a retry hint, until it falls back under. Exporters back off and resend; nothing
+    /// acknowledged is affected. 0 turns it off.
+    pub memory_soft_limit_bytes: u64,
+    /// Resident memory past which, besides refusing exports, the writer publishes what it
+    /// buffers at once (at most once a second) to give memory back. Above the soft limit;
+    /// 0 turns it off.
+    pub memory_hard_limit_bytes: u64,
+    /// TLS on both OTLP listeners (and so on `POST /v1/query`, which shares the HTTP port).
+    /// Off by default. With `client_ca_file`, exporters must also present a client certificate
+    /// (mTLS), and its identity is stored in `ingest_principal` as `mtls:<identity>`.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for one listener: TLS 1.2 or 1.3 only, certificates re-read when their files change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate, then its intermediates.
+    pub cert_file: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM file of the CAs that sign client certificates. When set, every request needs a
+    /// client certificate from one of them (mTLS): a connection without one is answered
+    /// UNAUTHENTICATED / HTTP 401, an untrusted one fails the handshake. The client's identity
+    /// is its certificate's first URI SAN (a SPIFFE id), else its subject CN, else its first
+    /// DNS SAN, else the SHA-256 of the certificate.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the three files are checked for changes. A changed set is loaded for new
+    /// connections; one that fails to load is logged and the previous one kept, so a rotation
+    /// caught half-written never takes the listener down.
+    #[serde(
+        default = "TlsConfig::default_reload_interval",
+        with = "humantime_serde"
+    )]
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    fn default_reload_interval() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 impl Default for ReceiversConfig {
@@ -98,6 +144,9 @@ impl Default for ReceiversConfig {
             max_inflight_bytes: 256 << 20,
             ack_timeout: Duration::from_secs(5),
             auth_keys_file: None,
+            memory_soft_limit_bytes: 2 << 30,
+            memory_hard_limit_bytes: 5 << 29,
+            tls: None,
         }
     }
 }
@@ -112,6 +161,13 @@ pub struct WalConfig {
     /// the previous fsync returns (concurrent requests still share fsyncs).
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
+    /// Largest the WAL may grow while publication is behind (a slow disk or store). Past it
+    /// new exports are refused as UNAVAILABLE / HTTP 503 with a retry hint until published
+    /// segments are deleted; acknowledged data stays. A segment is deleted only once it is
+    /// published and no open or retained trace still needs it, so size this to hold at least
+    /// `stitcher.quiet_window + stitcher.late_window` of ingest plus a few segments (the one
+    /// being written is never deleted). 0 turns the cap off.
+    pub max_bytes: u64,
 }
 
 impl Default for WalConfig {
@@ -119,6 +175,7 @@ impl Default for WalConfig {
         WalConfig {
             segment_bytes: 64 << 20,
             commit_delay: Duration::ZERO,
+            max_bytes: 4 << 30,
         }
     }
 }
@@ -215,6 +272,9 @@ pub struct QueryConfig {
     /// and HTTP must carry `Authorization: Bearer <key>`. Keys are compared in constant time
     /// and never logged.
     pub auth_keys_file: Option<PathBuf>,
+    /// TLS (and with `client_ca_file`, mTLS) on the Flight SQL listener. `POST /v1/query`
+    /// follows `receivers.tls`, the HTTP port's setting.
+    pub tls: Option<TlsConfig>,
     /// Memory one query may hold in sorts, joins and aggregations; past it the query fails
     /// with a clear error (nothing spills to disk).
     pub memory_limit_bytes: usize,
@@ -240,12 +300,42 @@ impl Default for QueryConfig {
         QueryConfig {
             flight_sql_address: Some(SocketAddr::from(([127, 0, 0, 1], 50051))),
             auth_keys_file: None,
+            tls: None,
             memory_limit_bytes: 1 << 30,
             timeout: Duration::from_secs(60),
             max_json_rows: 100_000,
             owners_files: Vec::new(),
             grants_files: Vec::new(),
             rules_dirs: Vec::new(),
+        }
+    }
+}
+
+/// How much of one span is kept (the OpenTelemetry SDK's span limits, applied again on
+/// receipt, since not every exporter applies them). What is cut is counted on the span itself,
+/// in its `attributes` map, so an investigator sees the evidence was cut: the keys
+/// `idtrail.dropped_attributes_count`, `idtrail.dropped_links_count` and
+/// `idtrail.truncated_values_count`. Events are not stored at all.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpanLimitsConfig {
+    /// Most attributes kept per span and per resource, after nested maps are flattened into
+    /// dotted keys; later ones are dropped.
+    pub max_attributes: usize,
+    /// Most links kept per span; later ones are dropped.
+    pub max_links: usize,
+    /// Longest attribute value, span name or status message kept, in bytes (cut at a character
+    /// boundary). Secrets are scrubbed from the whole value first, so a cut never leaves part
+    /// of a raw secret behind.
+    pub max_value_bytes: usize,
+}
+
+impl Default for SpanLimitsConfig {
+    fn default() -> Self {
+        SpanLimitsConfig {
+            max_attributes: 128,
+            max_links: 128,
+            max_value_bytes: 16 << 10,
         }
     }
 }
@@ -509,6 +599,20 @@ impl Config {
         if self.receivers.max_request_bytes == 0 || self.wal.segment_bytes == 0 {
             return Err(Error::config(
                 "receivers.max_request_bytes and wal.segment_bytes must be positive",
+            ));
+        }
+        let receivers = &self.receivers;
+        if receivers.memory_soft_limit_bytes > 0
+            && receivers.memory_hard_limit_bytes > 0
+            && receivers.memory_hard_limit_bytes <= receivers.memory_soft_limit_bytes
+        {
+            return Err(Error::config(
+                "receivers.memory_hard_limit_bytes must be above receivers.memory_soft_limit_bytes",
+            ));
+        }
+        if self.span_limits.max_value_bytes < 64 {
+            return Err(Error::config(
+                "span_limits.max_value_bytes must be at least 64",
             ));
         }
         if !(1..=22).contains(&self.writer.zstd_level) {

@@ -38,11 +38,10 @@ pub enum Error {
     /// Too much data in flight: nothing in the request was acknowledged.
     #[error("collector overloaded: {0}")]
     Overloaded(String),
-    /// No valid bearer key (`receivers.auth_keys_file`): not retried by clients.
-    #[error(
-        "unauthenticated: send Authorization: Bearer <key> with a key from receivers.auth_keys_file"
-    )]
-    Unauthenticated,
+    /// No valid bearer key (`receivers.auth_keys_file`) or no client certificate on an mTLS
+    /// listener: not retried by clients. Says what was missing, never what was sent.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     #[error("collector is starting: replaying the write-ahead log")]
     NotReady,
     #[error("collector is shutting down")]
@@ -82,7 +81,7 @@ impl Error {
                 tonic::Status::invalid_argument(message)
             }
             Error::TooLarge { .. } => tonic::Status::resource_exhausted(message),
-            Error::Unauthenticated => tonic::Status::unauthenticated(message),
+            Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             e if e.is_retryable() => tonic::Status::with_error_details(
                 tonic::Code::Unavailable,
                 message,
@@ -99,7 +98,7 @@ impl Error {
             Error::Decode(_) | Error::UnsupportedEncoding(_) => HttpStatus::BAD_REQUEST,
             Error::UnsupportedMediaType(_) => HttpStatus::UNSUPPORTED_MEDIA_TYPE,
             Error::TooLarge { .. } => HttpStatus::PAYLOAD_TOO_LARGE,
-            Error::Unauthenticated => HttpStatus::UNAUTHORIZED,
+            Error::Unauthenticated(_) => HttpStatus::UNAUTHORIZED,
             e if e.is_retryable() => HttpStatus::SERVICE_UNAVAILABLE,
             _ => HttpStatus::INTERNAL_SERVER_ERROR,
         }
@@ -129,7 +128,7 @@ mod tests {
             Error::Decode("x".into()).to_grpc_status().code(),
             tonic::Code::InvalidArgument
         );
-        let unauthenticated = Error::Unauthenticated;
+        let unauthenticated = Error::Unauthenticated("no key".into());
         assert!(!unauthenticated.is_retryable());
         assert_eq!(
             unauthenticated.to_grpc_status().code(),

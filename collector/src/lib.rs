@@ -10,6 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod receiver;
 pub mod record;
 pub mod server;
@@ -19,4 +20,12 @@ pub mod wal;
 pub mod writer;
 
 pub use config::Config;
+
+/// Arms the failpoints named in `FAILPOINTS` (`name=action;…`, see the `fail` crate), in builds
+/// with the `failpoints` feature; does nothing otherwise. Called once at start-up.
+pub fn arm_failpoints_from_env() {
+    // The scenario disarms everything when dropped; failpoints stay armed for the process.
+    #[cfg(feature = "failpoints")]
+    std::mem::forget(fail::FailScenario::setup());
+}
 pub use error::{Error, Result};

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::BearerKeys;
@@ -17,6 +16,8 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::extract::Extractor;
 use crate::extract::fingerprint::Fingerprinter;
+use crate::listener::{self, Peer};
+use crate::receiver::admission::Admission;
 use crate::receiver::{Ingest, grpc, http};
 use crate::telemetry::Telemetry;
 use crate::wal::Wal;
@@ -69,23 +70,31 @@ pub async fn serve(
     let fingerprinter = Fingerprinter::load_or_create(&key_file)?;
     let extractor = Extractor::new(&config, fingerprinter, telemetry.clone())?;
 
-    let grpc_listener = TcpListener::bind(config.receivers.grpc_address)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", config.receivers.grpc_address), e))?;
-    let http_listener = TcpListener::bind(config.receivers.http_address)
-        .await
-        .map_err(|e| Error::io(format!("binding {}", config.receivers.http_address), e))?;
+    let grpc_listener = listener::bind(
+        config.receivers.grpc_address,
+        config.receivers.tls.as_ref(),
+        b"h2",
+    )
+    .await?;
+    // axum serves HTTP/1.1 here (OTLP/HTTP exporters use it), so that is all ALPN offers.
+    let http_listener = listener::bind(
+        config.receivers.http_address,
+        config.receivers.tls.as_ref(),
+        b"http/1.1",
+    )
+    .await?;
     let bound = BoundAddresses {
-        grpc: grpc_listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the gRPC address", e))?,
-        http: http_listener
-            .local_addr()
-            .map_err(|e| Error::io("reading the HTTP address", e))?,
+        grpc: grpc_listener.local_addr(),
+        http: http_listener.local_addr(),
     };
 
     // The listeners serve from now on: health and readiness answer during replay, exports are
     // refused as retryable until the WAL is replayed.
+    let admission = Arc::new(Admission::new(
+        config.receivers.memory_soft_limit_bytes,
+        config.receivers.memory_hard_limit_bytes,
+        config.wal.max_bytes,
+    ));
     let ingest = Arc::new(Ingest::new(
         extractor,
         telemetry.clone(),
@@ -98,6 +107,7 @@ pub async fn serve(
             .as_deref()
             .map(BearerKeys::load)
             .transpose()?,
+        admission.clone(),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -112,13 +122,12 @@ pub async fn serve(
             grpc::otlp_status_codes::<tonic::body::Body>,
         ))
         .add_service(grpc::service(ingest.clone()))
-        .serve_with_incoming_shutdown(
-            accepted_connections(grpc_listener),
-            stopped(stop_rx.clone()),
-        );
+        .serve_with_incoming_shutdown(grpc_listener, stopped(stop_rx.clone()));
     let http_server = axum::serve(
         http_listener,
-        http::router(ingest.clone()).merge(extra_routes),
+        http::router(ingest.clone())
+            .merge(extra_routes)
+            .into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc_task = tokio::spawn(grpc_server);
@@ -126,6 +135,11 @@ pub async fn serve(
 
     let wal_dir = config.data_dir.join("wal");
     let sink = LocalDirSink::new(&config.data_dir, &config.writer_id);
+    sink.remove_abandoned_temp_files(&[
+        idtrail_schemas::spans::TABLE,
+        idtrail_schemas::chains::TABLE,
+        idtrail_schemas::edges::TABLE,
+    ])?;
     let mut writer = SpanWriter::new(
         Arc::new(sink),
         wal_dir.clone(),
@@ -144,6 +158,15 @@ pub async fn serve(
     // A short queue: a writer that falls behind slows WAL commits (and so acknowledgements)
     // instead of holding hundreds of batches in memory.
     let (writer_handle, writer_thread) = writer.spawn(32)?;
+    let flusher = writer_handle.clone();
+    admission.spawn_monitor(wal_dir.clone(), telemetry.clone(), move || {
+        let flusher = flusher.clone();
+        tokio::spawn(async move {
+            if let Err(error) = flusher.flush().await {
+                tracing::warn!(%error, "publishing at the memory hard limit failed");
+            }
+        });
+    });
 
     // Replay happens before any export is accepted; the WAL tells the writer which batches come
     // from the old log (and may already be published).
@@ -186,20 +209,9 @@ pub async fn serve(
     writer_handle.flush().await?;
     drop(writer_handle);
     drop(ingest);
+    // The monitor holds a writer handle until it sees admission gone (within one sample).
+    drop(admission);
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Accepted connections as a stream, with TCP_NODELAY: OTLP requests are latency-bound.
-fn accepted_connections(
-    listener: TcpListener,
-) -> impl futures_core::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| {
-            let _ = stream.set_nodelay(true);
-            stream
-        });
-        Some((accepted, listener))
-    })
 }

@@ -59,6 +59,10 @@ pub struct Telemetry {
     chains_stitched: Family<RevisionLabel, Counter>,
     stitch_buffer_spans: Gauge,
     stitch_buffer_bytes: Gauge,
+    span_limit_cuts: Family<KindLabel, Counter>,
+    resident_bytes: Gauge,
+    wal_size_bytes: Gauge,
+    memory_hard_limit_reached: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +107,10 @@ impl Telemetry {
             chains_stitched: Family::default(),
             stitch_buffer_spans: Gauge::default(),
             stitch_buffer_bytes: Gauge::default(),
+            span_limit_cuts: Family::default(),
+            resident_bytes: Gauge::default(),
+            wal_size_bytes: Gauge::default(),
+            memory_hard_limit_reached: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -230,6 +238,26 @@ impl Telemetry {
             "Estimated bytes of open and retained traces in the stitch buffer",
             t.stitch_buffer_bytes.clone(),
         );
+        registry.register(
+            "span_limit_cuts",
+            "Attributes and links dropped and values truncated by span_limits, by kind",
+            t.span_limit_cuts.clone(),
+        );
+        registry.register(
+            "resident_memory_bytes",
+            "Resident memory of the process, as admission control last sampled it",
+            t.resident_bytes.clone(),
+        );
+        registry.register(
+            "wal_size_bytes",
+            "Bytes in write-ahead log segments (written, not yet published and deleted)",
+            t.wal_size_bytes.clone(),
+        );
+        registry.register(
+            "memory_hard_limit_reached",
+            "Times resident memory passed receivers.memory_hard_limit_bytes and forced a publication",
+            t.memory_hard_limit_reached.clone(),
+        );
         Telemetry { registry, ..t }
     }
 
@@ -254,12 +282,15 @@ impl Telemetry {
     }
 
     pub fn request_refused(&self, protocol: &'static str, error: &crate::Error) {
+        // Retryable refusals come by the thousand under overload: counted, logged at debug only
+        // (the limits log their own crossing).
         let outcome = if error.is_retryable() {
+            tracing::debug!(protocol, %error, "export request refused; the client will retry");
             "retryable_error"
         } else {
+            tracing::warn!(protocol, %error, "export request refused");
             "rejected"
         };
-        tracing::warn!(protocol, %error, "export request refused");
         self.request_finished(protocol, outcome);
     }
 
@@ -332,6 +363,49 @@ impl Telemetry {
 
     pub fn set_buffered_spans(&self, n: usize) {
         self.buffered_spans.set(n as i64);
+    }
+
+    /// `n` attributes or links dropped, or values truncated (`kind`), by the span limits.
+    pub fn span_limit_cut(&self, kind: &'static str, n: usize) {
+        if n > 0 {
+            tracing::debug!(kind, n, "span limits applied");
+            self.span_limit_cuts
+                .get_or_create(&KindLabel { kind })
+                .inc_by(n as u64);
+        }
+    }
+
+    pub fn set_resource_usage(&self, resident_bytes: u64, wal_bytes: u64) {
+        self.resident_bytes.set(resident_bytes as i64);
+        self.wal_size_bytes.set(wal_bytes as i64);
+    }
+
+    /// A limit of admission control passed (`over`) or fallen back under.
+    pub fn limit_crossed(&self, limit: &'static str, over: bool, value: u64, max: u64) {
+        if over {
+            tracing::warn!(
+                limit,
+                value,
+                max,
+                "over the limit: refusing exports until under it"
+            );
+        } else {
+            tracing::info!(
+                limit,
+                value,
+                max,
+                "under the limit again: accepting exports"
+            );
+        }
+    }
+
+    pub fn memory_hard_limit_reached(&self, resident_bytes: u64, limit: u64) {
+        tracing::warn!(
+            resident_bytes,
+            limit,
+            "resident memory over receivers.memory_hard_limit_bytes: publishing buffered spans now"
+        );
+        self.memory_hard_limit_reached.inc();
     }
 
     pub fn add_inflight_bytes(&self, delta: i64) {

@@ -1,15 +1,29 @@
-//! Optional bearer-key authentication of queries (`query.auth_keys_file`), shared by Flight SQL
-//! and `POST /v1/query`. The keys are the collector's [`BearerKeys`], the same as for ingest.
+//! Optional authentication of queries, shared by Flight SQL and `POST /v1/query`: bearer keys
+//! (`query.auth_keys_file`, the collector's [`BearerKeys`], the same as for ingest) and client
+//! certificates on an mTLS listener (the collector's [`Peer`]).
 
 pub use idtrail_collector::auth::BearerKeys;
+use idtrail_collector::listener::Peer;
 
 use crate::error::{QueryError, Result};
 
-/// Refuses a request whose `Authorization` header carries none of `keys`.
-pub fn authenticate(keys: &BearerKeys, authorization: Option<&str>) -> Result<()> {
-    keys.check(authorization)
-        .map(|_| ())
-        .ok_or(QueryError::Unauthenticated)
+/// Refuses a request that lacks what its listener requires: a client certificate on an mTLS
+/// listener, a listed key in its `Authorization` header when `keys` are set.
+pub fn authenticate(
+    keys: Option<&BearerKeys>,
+    authorization: Option<&str>,
+    peer: Option<&Peer>,
+) -> Result<()> {
+    if let Some(peer) = peer {
+        peer.principal()
+            .map_err(|e| QueryError::Unauthenticated(e.to_string()))?;
+    }
+    match keys {
+        Some(keys) if keys.check(authorization).is_none() => Err(QueryError::Unauthenticated(
+            "send Authorization: Bearer <key> with a key from query.auth_keys_file".into(),
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -22,14 +36,37 @@ mod tests {
         let path = dir.path().join("keys");
         std::fs::write(&path, "# analysts\nk-one\n\nk-two\n").unwrap();
         let keys = BearerKeys::load(&path).unwrap();
-        assert!(authenticate(&keys, Some("Bearer k-one")).is_ok());
-        assert!(authenticate(&keys, Some("bearer k-two")).is_ok());
+        let keys = Some(&keys);
+        assert!(authenticate(keys, Some("Bearer k-one"), None).is_ok());
+        assert!(authenticate(keys, Some("bearer k-two"), None).is_ok());
         assert!(matches!(
-            authenticate(&keys, Some("Bearer k-three")),
-            Err(QueryError::Unauthenticated)
+            authenticate(keys, Some("Bearer k-three"), None),
+            Err(QueryError::Unauthenticated(_))
         ));
-        assert!(authenticate(&keys, Some("Basic k-one")).is_err());
-        assert!(authenticate(&keys, None).is_err());
+        assert!(authenticate(keys, Some("Basic k-one"), None).is_err());
+        assert!(authenticate(keys, None, None).is_err());
         assert!(!format!("{keys:?}").contains("k-one"));
+    }
+
+    #[test]
+    fn an_mtls_listener_needs_a_client_certificate() {
+        let peer = |identity: Option<&str>| Peer {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            client_identity: identity.map(str::to_string),
+            client_certificate_required: true,
+        };
+        assert!(authenticate(None, None, Some(&peer(Some("grafana")))).is_ok());
+        let refused = authenticate(None, None, Some(&peer(None))).unwrap_err();
+        assert!(
+            refused.to_string().contains("client certificate"),
+            "{refused}"
+        );
+        // Plain listeners (no peer recorded, or one that asks nothing) need nothing.
+        assert!(authenticate(None, None, None).is_ok());
+        let plain = Peer {
+            client_certificate_required: false,
+            ..peer(None)
+        };
+        assert!(authenticate(None, None, Some(&plain)).is_ok());
     }
 }

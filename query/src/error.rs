@@ -28,11 +28,10 @@ pub enum QueryError {
         "query cancelled: it needed more than the {limit} bytes one query may use (query.memory_limit_bytes): {detail}"
     )]
     MemoryLimit { limit: usize, detail: String },
-    /// Missing or wrong bearer key.
-    #[error(
-        "unauthenticated: send Authorization: Bearer <key> with a key from query.auth_keys_file"
-    )]
-    Unauthenticated,
+    /// Missing or wrong bearer key, or no client certificate on an mTLS listener. Says what
+    /// was missing, never what was sent.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
     /// A malformed request (bad JSON, unknown format, wrong parameter count…).
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -77,7 +76,7 @@ impl QueryError {
             QueryError::Plan(_) | QueryError::BadRequest(_) => StatusCode::BAD_REQUEST,
             QueryError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             QueryError::MemoryLimit { .. } => StatusCode::INSUFFICIENT_STORAGE,
-            QueryError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            QueryError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             QueryError::Storage { .. } | QueryError::Execution(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -93,7 +92,7 @@ impl QueryError {
             }
             QueryError::Timeout(_) => tonic::Status::deadline_exceeded(message),
             QueryError::MemoryLimit { .. } => tonic::Status::resource_exhausted(message),
-            QueryError::Unauthenticated => tonic::Status::unauthenticated(message),
+            QueryError::Unauthenticated(_) => tonic::Status::unauthenticated(message),
             QueryError::Storage { .. } | QueryError::Execution(_) => {
                 tonic::Status::internal(message)
             }

@@ -59,8 +59,9 @@ use datafusion::common::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
+
+use idtrail_collector::listener::{Incoming, Peer};
 
 use crate::auth::BearerKeys;
 use crate::engine::{PreparedQuery, QueryEngine};
@@ -77,7 +78,7 @@ type HandshakeStream = Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Statu
 
 /// Serves Flight SQL on `listener` until `shutdown` resolves (in-flight calls are let finish).
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    incoming: Incoming,
     engine: QueryEngine,
     auth: Option<Arc<BearerKeys>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -86,7 +87,6 @@ pub async fn serve(
         FlightSqlServer::new(engine, auth.is_some()),
         Authenticator { keys: auth },
     );
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
@@ -101,17 +101,18 @@ struct Authenticator {
 
 impl tonic::service::Interceptor for Authenticator {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(keys) = &self.keys else {
-            return Ok(request);
-        };
         let authorization = request
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match crate::auth::authenticate(keys, authorization) {
+        match crate::auth::authenticate(
+            self.keys.as_deref(),
+            authorization,
+            Peer::of(request.extensions()),
+        ) {
             Ok(()) => Ok(request),
             Err(e) => {
-                tracing::debug!("Flight SQL call refused: no valid bearer key");
+                tracing::debug!(error = %e, "Flight SQL call refused");
                 Err(e.grpc_status())
             }
         }
@@ -1172,8 +1173,11 @@ mod tests {
         })
         .await
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let listener =
+            idtrail_collector::listener::bind("127.0.0.1:0".parse().unwrap(), None, b"h2")
+                .await
+                .unwrap();
+        let url = format!("http://{}", listener.local_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve(listener, engine, auth, async {
             let _ = stopped.await;

@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use datafusion::common::ScalarValue;
+use idtrail_collector::listener::Peer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -56,8 +57,13 @@ struct QueryRequest {
     params: Vec<Value>,
 }
 
-async fn query(State(state): State<QueryState>, headers: HeaderMap, body: Bytes) -> Response {
-    match answer(&state, &headers, &body).await {
+async fn query(
+    State(state): State<QueryState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match answer(&state, &extensions, &headers, &body).await {
         Ok(response) => response,
         Err(e) => error_response(&e),
     }
@@ -72,13 +78,19 @@ fn error_response(e: &QueryError) -> Response {
         .into_response()
 }
 
-async fn answer(state: &QueryState, headers: &HeaderMap, body: &[u8]) -> Result<Response> {
-    if let Some(keys) = &state.auth {
-        let authorization = headers
+async fn answer(
+    state: &QueryState,
+    extensions: &axum::http::Extensions,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response> {
+    crate::auth::authenticate(
+        state.auth.as_deref(),
+        headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        crate::auth::authenticate(keys, authorization)?;
-    }
+            .and_then(|v| v.to_str().ok()),
+        Peer::of(extensions),
+    )?;
     let request = parse_request(headers, body)?;
     let params = request
         .params

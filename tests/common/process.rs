@@ -35,8 +35,20 @@ impl Ports {
 /// Starts `idtrail serve` on `dir/data` with `dir/fp.key`, logging to `dir/log_name`, with
 /// `settings` as `--set` overrides, and waits until it is ready.
 pub fn start_server(dir: &Path, ports: Ports, log_name: &str, settings: &[&str]) -> Child {
+    start_server_with_env(dir, ports, log_name, settings, &[])
+}
+
+/// [`start_server`] with extra environment variables (`FAILPOINTS`, for one).
+pub fn start_server_with_env(
+    dir: &Path,
+    ports: Ports,
+    log_name: &str,
+    settings: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::File::create(dir.join(log_name)).expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_idtrail"));
+    command.envs(env.iter().copied());
     command
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))

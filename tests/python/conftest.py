@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -32,6 +33,10 @@ for _var in ("no_proxy", "NO_PROXY"):
 # Exporter settings from the environment must not redirect or reshape the test exports.
 for _var in [v for v in os.environ if v.startswith("OTEL_")]:
     del os.environ[_var]
+# requests lets these override a session's own `verify` (the HTTP exporter's CA file), which
+# would send the TLS tests' exports to the system trust store.
+for _var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+    os.environ.pop(_var, None)
 READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 MAX_FILE_AGE = "300ms"
@@ -79,6 +84,8 @@ class Server:
     _log_file: object = field(repr=False, default=None)
     exit_code: int | None = None
     flight_port: int | None = None
+    # The CA of the server's certificate when its listeners speak TLS.
+    tls_ca: Path | None = None
 
     @property
     def grpc_endpoint(self) -> str:
@@ -92,7 +99,11 @@ class Server:
 
     @property
     def http_base(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else None
 
     @property
     def traces_url(self) -> str:
@@ -128,13 +139,15 @@ class Server:
             self._log_file = None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"{self.http_base}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(
+            f"{self.http_base}/metrics", timeout=5, context=self.ssl_context()
+        ) as r:
             return r.read().decode()
 
 
-def _ready(url: str) -> bool:
+def _ready(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
+        with urllib.request.urlopen(url, timeout=1, context=context) as r:
             return r.status == 200
     except (urllib.error.URLError, ConnectionError, OSError):
         return False
@@ -146,10 +159,12 @@ def start_server(
     rust_log: str | None = None,
     extra_args: list[str] | tuple[str, ...] = (),
     key_file: Path | None = None,
+    tls_ca: Path | None = None,
 ) -> Server:
     """Starts `idtrail serve` with its data in `tmp_path`. `extra_args` are appended to the
     command line (e.g. `--set stitcher.quiet_window=1s`); `key_file` lets several servers share
-    one fingerprint key (default: a new one in `tmp_path/keys`)."""
+    one fingerprint key (default: a new one in `tmp_path/keys`); `tls_ca` is the CA to trust
+    when `extra_args` turn TLS on."""
     binary = idtrail_bin()
     if not binary.exists():
         pytest.fail(
@@ -189,13 +204,13 @@ def start_server(
         )
         server = Server(
             proc, grpc_port, http_port, data_dir, key_file, log_path, log_file,
-            flight_port=flight_port,
+            flight_port=flight_port, tls_ca=tls_ca,
         )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 break
-            if _ready(f"{server.http_base}/readyz"):
+            if _ready(f"{server.http_base}/readyz", server.ssl_context()):
                 return server
             time.sleep(0.05)
         if proc.poll() is None:

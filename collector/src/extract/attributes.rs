@@ -42,6 +42,17 @@ impl Value {
         }
     }
 
+    /// Cuts every string in the value to at most `max` bytes, at a character boundary; whether
+    /// anything was cut.
+    pub fn truncate(&mut self, max: usize) -> bool {
+        match self {
+            Value::Text(s) | Value::Scalar(s) | Value::Json(s) => truncate(s, max),
+            Value::List(items) => items
+                .iter_mut()
+                .fold(false, |cut, item| truncate(item, max) | cut),
+        }
+    }
+
     /// The value as stored in the `attributes` map: lists as JSON arrays.
     pub fn into_map_value(self) -> String {
         match self {
@@ -49,6 +60,19 @@ impl Value {
             Value::List(items) => serde_json::Value::from(items).to_string(),
         }
     }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary; whether it was cut.
+pub fn truncate(s: &mut String, max: usize) -> bool {
+    if s.len() <= max {
+        return false;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    true
 }
 
 /// Flattens `attributes` into `out`, at most `max_attributes` of them (the rest are dropped and

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use crate::config::Config;
+use crate::config::{Config, SpanLimitsConfig};
 use crate::error::Result;
 use crate::record::{
     ApiProtocol, BatchHeader, Credential, CredentialKind, EffectKind, ResourceInfo, SpanBatch,
@@ -26,10 +26,6 @@ use fingerprint::Fingerprinter;
 use jwt::JwtDecoder;
 use mapping::{Field, Mapping};
 use secrets::{FoundSecret, KeyCache, SecretScrubber};
-
-/// Most attributes kept per span or resource (the OpenTelemetry SDK's default limit is 128;
-/// this leaves room for flattened maps). The rest are dropped and counted.
-pub const MAX_ATTRIBUTES: usize = 512;
 
 /// What one request became.
 #[derive(Debug, Default)]
@@ -64,6 +60,7 @@ impl Extracted {
 
 pub struct Extractor {
     mapping: Mapping,
+    limits: SpanLimitsConfig,
     scrubber: SecretScrubber,
     telemetry: Arc<Telemetry>,
 }
@@ -77,6 +74,7 @@ impl Extractor {
         let jwt = JwtDecoder::new(config.secrets.jwks_file.as_deref())?;
         Ok(Extractor {
             mapping: Mapping::new(&config.extraction),
+            limits: config.span_limits.clone(),
             scrubber: SecretScrubber::new(
                 &config.secrets,
                 &config.extraction.url_full,
@@ -135,10 +133,18 @@ impl Extractor {
     fn resource(&self, resource: Option<Resource>, keys: &mut KeyCache) -> ResourceInfo {
         let mut attrs = Vec::new();
         if let Some(resource) = resource {
-            attributes::flatten(resource.attributes, MAX_ATTRIBUTES, &mut attrs);
+            let dropped =
+                attributes::flatten(resource.attributes, self.limits.max_attributes, &mut attrs);
+            self.telemetry.span_limit_cut("attributes", dropped);
         }
         let found = self.scrub_all(&mut attrs, keys);
         self.count_secrets(&found);
+        let truncated = attrs
+            .iter_mut()
+            .map(|(_, value)| value.truncate(self.limits.max_value_bytes))
+            .filter(|cut| *cut)
+            .count();
+        self.telemetry.span_limit_cut("values", truncated);
         let mut info = ResourceInfo {
             workload_id: spiffe_id(&attrs),
             ..ResourceInfo::default()
@@ -191,8 +197,11 @@ impl Extractor {
         let end_time = i64::try_from(span.end_time_unix_nano)
             .map_err(|_| "end_time_unix_nano is out of range")?;
 
-        let mut attrs = Vec::with_capacity(span.attributes.len() + 2);
-        attributes::flatten(span.attributes, MAX_ATTRIBUTES, &mut attrs);
+        let max_value = self.limits.max_value_bytes;
+        let mut attrs =
+            Vec::with_capacity(span.attributes.len().min(self.limits.max_attributes) + 2);
+        let dropped_attributes =
+            attributes::flatten(span.attributes, self.limits.max_attributes, &mut attrs);
         if let Some((name, version)) = scope.filter(|(name, _)| !name.is_empty()) {
             attrs.push(("otel.scope.name".into(), Value::Text(name.clone())));
             if !version.is_empty() {
@@ -209,6 +218,18 @@ impl Extractor {
                 .scrub_text("status.message", message, &mut found);
         }
         self.count_secrets(&found);
+        // Long values are cut only now: scrubbing saw each whole, so no cut can leave part of
+        // a raw secret behind.
+        let mut truncated = attrs
+            .iter_mut()
+            .map(|(_, value)| value.truncate(max_value))
+            .filter(|cut| *cut)
+            .count();
+        truncated += usize::from(attributes::truncate(&mut name, max_value));
+        if let Some(message) = status_message.as_mut() {
+            truncated += usize::from(attributes::truncate(message, max_value));
+        }
+        let dropped_links = span.links.len().saturating_sub(self.limits.max_links);
 
         let kind = SpanKind::from_otlp(span.kind);
         let mut row = SpanRow {
@@ -225,6 +246,7 @@ impl Extractor {
             links: span
                 .links
                 .iter()
+                .take(self.limits.max_links)
                 .filter_map(|l| Some((valid_id(&l.trace_id)?, valid_id(&l.span_id)?)))
                 .collect(),
             ..SpanRow::default()
@@ -246,6 +268,21 @@ impl Extractor {
             .filter(|(i, _)| consumed.binary_search(i).is_err())
             .map(|(_, (k, v))| (k, v.into_map_value()))
             .collect();
+        // What the limits cut is recorded on the span, so the evidence says it is incomplete.
+        for (key, kind, n) in [
+            (
+                "idtrail.dropped_attributes_count",
+                "attributes",
+                dropped_attributes,
+            ),
+            ("idtrail.dropped_links_count", "links", dropped_links),
+            ("idtrail.truncated_values_count", "values", truncated),
+        ] {
+            if n > 0 {
+                row.attributes.push((key.to_string(), n.to_string()));
+                self.telemetry.span_limit_cut(kind, n);
+            }
+        }
         Ok(row)
     }
 }

@@ -13,6 +13,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use super::Ingest;
+use crate::listener::Peer;
 
 pub const PROTOCOL: &str = "grpc";
 
@@ -30,7 +31,8 @@ impl TraceService for GrpcReceiver {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        let principal = match self.ingest.authenticate(authorization) {
+        let peer = Peer::of(request.extensions());
+        let principal = match self.ingest.authenticate(authorization, peer) {
             Ok(principal) => principal,
             Err(error) => {
                 self.ingest.telemetry().request_refused(PROTOCOL, &error);

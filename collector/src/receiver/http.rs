@@ -15,6 +15,7 @@ use prost::Message;
 
 use super::Ingest;
 use crate::error::{Error, RETRY_AFTER};
+use crate::listener::Peer;
 
 pub const PROTOCOL: &str = "http";
 
@@ -85,7 +86,12 @@ async fn metrics(State(ingest): State<Arc<Ingest>>) -> Response {
         .into_response()
 }
 
-async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> Response {
+async fn export(
+    State(ingest): State<Arc<Ingest>>,
+    extensions: http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // Errors are answered in the request's encoding when it is known, protobuf otherwise.
     let encoding = Encoding::of(&headers);
     let reply_as = *encoding.as_ref().unwrap_or(&Encoding::Protobuf);
@@ -94,7 +100,10 @@ async fn export(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Bod
             headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
+            Peer::of(&extensions),
         )?;
+        // Before the body is read: an overloaded collector spends nothing on refused data.
+        ingest.admit()?;
         let encoding = encoding?;
         let body = read_body(body, ingest.max_request_bytes).await?;
         let raw = decompress(&headers, &body, ingest.max_request_bytes)?;
@@ -144,7 +153,7 @@ fn error_response(error: &Error, encoding: Encoding) -> Response {
             HeaderValue::from(RETRY_AFTER.as_secs()),
         );
     }
-    if matches!(error, Error::Unauthenticated) {
+    if matches!(error, Error::Unauthenticated(_)) {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"idtrail ingest\""),

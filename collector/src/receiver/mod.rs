@@ -1,6 +1,7 @@
 //! OTLP receivers. Both protocols decode into the same request type and go through
 //! [`Ingest::export`]: the one path from a decoded request to an acknowledgement.
 
+pub mod admission;
 pub mod grpc;
 pub mod http;
 
@@ -15,8 +16,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use crate::auth::BearerKeys;
 use crate::error::{Error, Result};
 use crate::extract::Extractor;
+use crate::listener::Peer;
 use crate::telemetry::Telemetry;
 use crate::wal::Wal;
+use admission::Admission;
 
 /// Shared state of the receivers.
 pub struct Ingest {
@@ -30,6 +33,8 @@ pub struct Ingest {
     ack_timeout: Duration,
     /// `receivers.auth_keys_file`, when ingest requires a key.
     auth: Option<BearerKeys>,
+    /// Memory and WAL limits, checked before anything else of a request is done.
+    admission: Arc<Admission>,
     pub max_request_bytes: usize,
 }
 
@@ -58,6 +63,7 @@ impl Ingest {
         max_inflight_bytes: usize,
         ack_timeout: Duration,
         auth: Option<BearerKeys>,
+        admission: Arc<Admission>,
     ) -> Ingest {
         Ingest {
             extractor,
@@ -68,6 +74,7 @@ impl Ingest {
             max_inflight_bytes,
             ack_timeout,
             auth,
+            admission,
             max_request_bytes,
         }
     }
@@ -100,17 +107,44 @@ impl Ingest {
         }
     }
 
-    /// The request's principal from its `Authorization` header: `key:<id>` when ingest
-    /// requires a key and one of them was sent, nothing when no key is required; refused
-    /// otherwise. Called before the body is read, so a refused client costs nothing more.
-    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Option<String>> {
-        match &self.auth {
-            None => Ok(None),
-            Some(keys) => keys
-                .check(authorization)
-                .map(|id| Some(format!("key:{id}")))
-                .ok_or(Error::Unauthenticated),
-        }
+    /// The request's principal: `mtls:<identity>` from a verified client certificate and
+    /// `key:<id>` from its `Authorization` header, each when this listener requires it (both
+    /// joined by `;`), nothing when neither is required; refused when a required one is
+    /// missing. Called before the body is read, so a refused client costs nothing more.
+    pub fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        peer: Option<&Peer>,
+    ) -> Result<Option<String>> {
+        let certificate = peer.map(Peer::principal).transpose()?.flatten();
+        let key = match &self.auth {
+            None => None,
+            Some(keys) => Some(
+                keys.check(authorization)
+                    .map(|id| format!("key:{id}"))
+                    .ok_or_else(|| {
+                        Error::Unauthenticated(
+                        "send Authorization: Bearer <key> with a key from receivers.auth_keys_file"
+                            .into(),
+                    )
+                    })?,
+            ),
+        };
+        Ok(match (certificate, key) {
+            (Some(certificate), Some(key)) => Some(format!("{certificate};{key}")),
+            (certificate, key) => certificate.or(key),
+        })
+    }
+
+    /// Refuses new exports, as retryable, while the collector is not ready or is over a
+    /// memory or WAL limit. Cheap: the HTTP receiver calls it before reading the body.
+    pub fn admit(&self) -> Result<&Wal> {
+        let wal = match self.wal.get() {
+            Some(wal) if self.is_ready() => wal,
+            _ => return Err(Error::NotReady),
+        };
+        self.admission.check()?;
+        Ok(wal)
     }
 
     fn reserve(&self, bytes: usize) -> Result<InflightGuard<'_>> {
@@ -139,10 +173,7 @@ impl Ingest {
         decoded_bytes: usize,
         principal: Option<String>,
     ) -> Result<ExportTraceServiceResponse> {
-        let wal = match self.wal.get() {
-            Some(wal) if self.is_ready() => wal,
-            _ => return Err(Error::NotReady),
-        };
+        let wal = self.admit()?;
         let _guard = self.reserve(decoded_bytes)?;
         self.telemetry.request_received(protocol, decoded_bytes);
         let now = SystemTime::now()

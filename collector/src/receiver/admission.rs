@@ -1,0 +1,188 @@
+//! Admission control: whether a new export may come in at all, decided from the process's
+//! resident memory and the size of the write-ahead log.
+//!
+//! A monitor samples both every [`SAMPLE_EVERY`]; admission reads the last sample, so the
+//! check on every request is two atomic loads. Past a limit new exports are refused as
+//! UNAVAILABLE / 503 with a retry hint: exporters back off and resend, and nothing already
+//! acknowledged is touched. Past the hard memory limit the monitor also asks the writer to
+//! publish what it buffers, which is the memory it can give back soonest.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::telemetry::Telemetry;
+
+/// How often memory and WAL size are sampled. Between samples a burst can overshoot a limit by
+/// what arrives in this long.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Least time between two forced publications at the hard limit.
+const FORCED_FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// The limits (0 turns one off) and the latest samples.
+#[derive(Debug)]
+pub struct Admission {
+    memory_soft_limit: u64,
+    memory_hard_limit: u64,
+    wal_max_bytes: u64,
+    resident_bytes: AtomicU64,
+    wal_bytes: AtomicU64,
+}
+
+impl Admission {
+    pub fn new(memory_soft_limit: u64, memory_hard_limit: u64, wal_max_bytes: u64) -> Admission {
+        Admission {
+            memory_soft_limit,
+            memory_hard_limit,
+            wal_max_bytes,
+            resident_bytes: AtomicU64::new(0),
+            wal_bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// Refuses a new export, as retryable, while memory or the WAL is over its limit.
+    pub fn check(&self) -> Result<()> {
+        let resident = self.resident_bytes.load(Ordering::Relaxed);
+        if over(resident, self.memory_soft_limit) {
+            return Err(Error::Overloaded(format!(
+                "resident memory {resident} bytes is over receivers.memory_soft_limit_bytes ({})",
+                self.memory_soft_limit
+            )));
+        }
+        let wal = self.wal_bytes.load(Ordering::Relaxed);
+        if over(wal, self.wal_max_bytes) {
+            return Err(Error::Overloaded(format!(
+                "the write-ahead log holds {wal} bytes, over wal.max_bytes ({}): publication is behind",
+                self.wal_max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Samples memory and the WAL in `wal_dir` until the server stops; calls `publish_now`
+    /// (at most once a second) while memory is over the hard limit.
+    pub fn spawn_monitor(
+        self: &Arc<Self>,
+        wal_dir: PathBuf,
+        telemetry: Arc<Telemetry>,
+        publish_now: impl Fn() + Send + 'static,
+    ) {
+        let admission = Arc::downgrade(self);
+        if (self.memory_soft_limit > 0 || self.memory_hard_limit > 0) && resident_bytes().is_none()
+        {
+            tracing::warn!(
+                "resident memory cannot be read on this system (/proc/self/status): the memory limits are off"
+            );
+        }
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(SAMPLE_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_forced: Option<Instant> = None;
+            let (mut memory_over, mut wal_over) = (false, false);
+            loop {
+                ticks.tick().await;
+                let Some(admission) = admission.upgrade() else {
+                    return;
+                };
+                let resident = resident_bytes().unwrap_or(0);
+                let wal = wal_bytes(&wal_dir);
+                admission.resident_bytes.store(resident, Ordering::Relaxed);
+                admission.wal_bytes.store(wal, Ordering::Relaxed);
+                telemetry.set_resource_usage(resident, wal);
+                let now_over = over(resident, admission.memory_soft_limit);
+                if now_over != memory_over {
+                    memory_over = now_over;
+                    telemetry.limit_crossed(
+                        "receivers.memory_soft_limit_bytes",
+                        now_over,
+                        resident,
+                        admission.memory_soft_limit,
+                    );
+                }
+                let now_over = over(wal, admission.wal_max_bytes);
+                if now_over != wal_over {
+                    wal_over = now_over;
+                    telemetry.limit_crossed(
+                        "wal.max_bytes",
+                        now_over,
+                        wal,
+                        admission.wal_max_bytes,
+                    );
+                }
+                if over(resident, admission.memory_hard_limit)
+                    && last_forced.is_none_or(|t| t.elapsed() >= FORCED_FLUSH_EVERY)
+                {
+                    last_forced = Some(Instant::now());
+                    telemetry.memory_hard_limit_reached(resident, admission.memory_hard_limit);
+                    publish_now();
+                }
+            }
+        });
+    }
+}
+
+/// Whether `value` is at or past `limit`; a limit of 0 is off.
+fn over(value: u64, limit: u64) -> bool {
+    limit > 0 && value >= limit
+}
+
+/// The process's resident set size, from `/proc/self/status` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes in the WAL's segment files: what is written and not yet published.
+fn wal_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".wal")))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_refuse_as_retryable_and_zero_turns_them_off() {
+        let admission = Admission::new(100, 200, 1000);
+        assert!(admission.check().is_ok());
+        admission.resident_bytes.store(150, Ordering::Relaxed);
+        let refused = admission.check().unwrap_err();
+        assert!(refused.is_retryable());
+        assert!(
+            refused.to_string().contains("memory_soft_limit"),
+            "{refused}"
+        );
+        admission.resident_bytes.store(0, Ordering::Relaxed);
+        admission.wal_bytes.store(1000, Ordering::Relaxed);
+        let refused = admission.check().unwrap_err();
+        assert!(refused.is_retryable() && refused.to_string().contains("wal.max_bytes"));
+
+        let off = Admission::new(0, 0, 0);
+        off.resident_bytes.store(u64::MAX, Ordering::Relaxed);
+        off.wal_bytes.store(u64::MAX, Ordering::Relaxed);
+        assert!(off.check().is_ok());
+    }
+
+    #[test]
+    fn samples_this_process_and_a_wal_directory() {
+        assert!(resident_bytes().is_some_and(|b| b > 1 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000000000000000001.wal"), [0u8; 300]).unwrap();
+        std::fs::write(dir.path().join("other"), [0u8; 50]).unwrap();
+        assert_eq!(wal_bytes(dir.path()), 300);
+        assert_eq!(wal_bytes(&dir.path().join("missing")), 0);
+    }
+}
