@@ -6,13 +6,13 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{Ports, sigkill, sigterm};
+use common::process::{KillOnDrop, Ports, sigkill, sigterm};
 
 /// Small files and segments, so kills land before, during and after publications.
-fn start_server(dir: &Path, ports: &Ports, log_name: &str) -> Child {
+fn start_server(dir: &Path, ports: &Ports, log_name: &str) -> KillOnDrop {
     common::process::start_server(
         dir,
         *ports,

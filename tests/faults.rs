@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use common::process::{Ports, metric, sigkill, sigterm, start_server, start_server_with_env};
@@ -199,7 +198,7 @@ fn a_kill_between_writing_and_publishing_a_file_loses_nothing() {
         "nothing was published, so readers see nothing"
     );
 
-    let mut server: Child = start_server(dir.path(), ports, "after.log", &[HOLD_IN_WAL]);
+    let mut server = start_server(dir.path(), ports, "after.log", &[HOLD_IN_WAL]);
     // The interrupted publication's temp file is removed at start-up: the WAL still has its
     // spans, which publish again.
     assert_eq!(temp_files(dir.path()), Vec::<PathBuf>::new());

@@ -139,12 +139,12 @@ async fn memory_over_the_soft_limit_refuses_as_retryable() {
     assert!(stored_ids(&dir.path().join("data")).is_empty());
 }
 
-/// Resident memory of process `pid`, in bytes.
+/// Anonymous resident memory of process `pid` (what the hard limit compares), in bytes.
 fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
@@ -227,11 +227,13 @@ fn resident_memory_stays_bounded_under_a_burst_and_nothing_acknowledged_is_lost(
     )
     .unwrap_or(0.0);
     let resident = metric(&metrics, "idtrail_resident_memory_bytes").unwrap_or(0.0) as u64;
+    let allocated = metric(&metrics, "idtrail_allocated_memory_bytes").unwrap_or(0.0) as u64;
     sigterm(&mut server);
 
     eprintln!(
-        "after the burst: resident {} MiB by the server's last sample",
-        resident / MIB
+        "after the burst: resident {} MiB, allocated {} MiB by the server's last sample",
+        resident / MIB,
+        allocated / MIB
     );
     eprintln!(
         "idle {} MiB, soft {} MiB, hard {} MiB, peak {} MiB, {refused} exports refused, {summary}",

@@ -7,16 +7,16 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::process::{Ports, metric, sigkill, sigterm, wait_until};
+use common::process::{KillOnDrop, Ports, metric, sigkill, sigterm, wait_until};
 
 use arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 
 // Traces stay open for 2 s: kills land while many sit in the buffer. Files every 300 ms: kills
 // also land between publishing chains and checkpointing the WAL.
-fn start_server(dir: &Path, ports: Ports, log_name: &str) -> Child {
+fn start_server(dir: &Path, ports: Ports, log_name: &str) -> KillOnDrop {
     common::process::start_server(
         dir,
         ports,

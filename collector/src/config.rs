@@ -90,13 +90,15 @@ pub struct ReceiversConfig {
     /// UNAUTHENTICATED / HTTP 401, which exporters do not retry. The key id (never the key) is
     /// stored in `ingest_principal` as `key:<id>` on every span the request carried.
     pub auth_keys_file: Option<PathBuf>,
-    /// Resident memory (RSS) past which new exports are refused as UNAVAILABLE / HTTP 503 with
-    /// a retry hint, until it falls back under. Exporters back off and resend; nothing
-    /// acknowledged is affected. 0 turns it off.
+    /// Memory in use (the allocator's count of bytes handed out; resident memory where that
+    /// is unknown) past which new exports are refused as UNAVAILABLE / HTTP 503 with a retry
+    /// hint, until it falls back under. Exporters back off and resend; nothing acknowledged is
+    /// affected. 0 turns it off.
     pub memory_soft_limit_bytes: u64,
-    /// Resident memory past which, besides refusing exports, the writer publishes what it
-    /// buffers at once (at most once a second) to give memory back. Above the soft limit;
-    /// 0 turns it off.
+    /// Anonymous resident memory (heap and stacks; not the mapped binary or files) past
+    /// which, besides refusing exports, the writer publishes what it buffers at once and the
+    /// allocator returns its free pages (at most once a second). Above the soft limit; 0
+    /// turns it off.
     pub memory_hard_limit_bytes: u64,
     /// TLS on both OTLP listeners (and so on `POST /v1/query`, which shares the HTTP port).
     /// Off by default. With `client_ca_file`, exporters must also present a client certificate

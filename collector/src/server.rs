@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::extract::Extractor;
 use crate::extract::fingerprint::Fingerprinter;
 use crate::listener::{self, Peer};
-use crate::receiver::admission::Admission;
+use crate::receiver::admission::{self, Admission};
 use crate::receiver::{Ingest, grpc, http};
 use crate::telemetry::Telemetry;
 use crate::wal::Wal;
@@ -162,9 +162,12 @@ pub async fn serve(
     admission.spawn_monitor(wal_dir.clone(), telemetry.clone(), move || {
         let flusher = flusher.clone();
         tokio::spawn(async move {
+            // Free pages go back at once, and again once the buffers are published and freed.
+            let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
             if let Err(error) = flusher.flush().await {
                 tracing::warn!(%error, "publishing at the memory hard limit failed");
             }
+            let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
         });
     });
 

@@ -61,6 +61,7 @@ pub struct Telemetry {
     stitch_buffer_bytes: Gauge,
     span_limit_cuts: Family<KindLabel, Counter>,
     resident_bytes: Gauge,
+    allocated_bytes: Gauge,
     wal_size_bytes: Gauge,
     memory_hard_limit_reached: Counter,
 }
@@ -109,6 +110,7 @@ impl Telemetry {
             stitch_buffer_bytes: Gauge::default(),
             span_limit_cuts: Family::default(),
             resident_bytes: Gauge::default(),
+            allocated_bytes: Gauge::default(),
             wal_size_bytes: Gauge::default(),
             memory_hard_limit_reached: Counter::default(),
             registry: Registry::default(),
@@ -245,8 +247,13 @@ impl Telemetry {
         );
         registry.register(
             "resident_memory_bytes",
-            "Resident memory of the process, as admission control last sampled it",
+            "Anonymous resident memory (heap, stacks) of the process, as admission control last sampled it",
             t.resident_bytes.clone(),
+        );
+        registry.register(
+            "allocated_memory_bytes",
+            "Bytes the allocator has handed out (what the memory soft limit compares)",
+            t.allocated_bytes.clone(),
         );
         registry.register(
             "wal_size_bytes",
@@ -375,8 +382,9 @@ impl Telemetry {
         }
     }
 
-    pub fn set_resource_usage(&self, resident_bytes: u64, wal_bytes: u64) {
+    pub fn set_resource_usage(&self, resident_bytes: u64, allocated_bytes: u64, wal_bytes: u64) {
         self.resident_bytes.set(resident_bytes as i64);
+        self.allocated_bytes.set(allocated_bytes as i64);
         self.wal_size_bytes.set(wal_bytes as i64);
     }
 
@@ -403,7 +411,7 @@ impl Telemetry {
         tracing::warn!(
             resident_bytes,
             limit,
-            "resident memory over receivers.memory_hard_limit_bytes: publishing buffered spans now"
+            "resident memory over receivers.memory_hard_limit_bytes: publishing buffered spans and trimming the heap"
         );
         self.memory_hard_limit_reached.inc();
     }

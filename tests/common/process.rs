@@ -32,9 +32,33 @@ impl Ports {
     }
 }
 
+/// A child process killed when dropped, so a failing test leaves no server behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already reaped after sigkill/sigterm: both calls then fail harmlessly.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `idtrail serve` on `dir/data` with `dir/fp.key`, logging to `dir/log_name`, with
 /// `settings` as `--set` overrides, and waits until it is ready.
-pub fn start_server(dir: &Path, ports: Ports, log_name: &str, settings: &[&str]) -> Child {
+pub fn start_server(dir: &Path, ports: Ports, log_name: &str, settings: &[&str]) -> KillOnDrop {
     start_server_with_env(dir, ports, log_name, settings, &[])
 }
 
@@ -45,7 +69,7 @@ pub fn start_server_with_env(
     log_name: &str,
     settings: &[&str],
     env: &[(&str, &str)],
-) -> Child {
+) -> KillOnDrop {
     let log = std::fs::File::create(dir.join(log_name)).expect("log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_idtrail"));
     command.envs(env.iter().copied());
@@ -63,11 +87,13 @@ pub fn start_server_with_env(
     for setting in settings {
         command.args(["--set", setting]);
     }
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn idtrail serve");
+    let child = KillOnDrop(
+        command
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn idtrail serve"),
+    );
     wait_until(
         ports.http,
         "/readyz",

@@ -1,11 +1,18 @@
-//! Admission control: whether a new export may come in at all, decided from the process's
-//! resident memory and the size of the write-ahead log.
+//! Admission control: whether a new export may come in at all, decided from the memory the
+//! process holds and the size of the write-ahead log.
 //!
-//! A monitor samples both every [`SAMPLE_EVERY`]; admission reads the last sample, so the
+//! A monitor samples them every [`SAMPLE_EVERY`]; admission reads the last sample, so the
 //! check on every request is two atomic loads. Past a limit new exports are refused as
 //! UNAVAILABLE / 503 with a retry hint: exporters back off and resend, and nothing already
-//! acknowledged is touched. Past the hard memory limit the monitor also asks the writer to
-//! publish what it buffers, which is the memory it can give back soonest.
+//! acknowledged is touched.
+//!
+//! Two measures, because one cannot serve both limits. The soft limit compares the
+//! allocator's bytes in use (glibc's `mallinfo2`), which fall as soon as published buffers are
+//! freed; resident memory does not — glibc keeps freed pages — so a soft limit on it would
+//! refuse exports long after the data left, or for good. The hard limit compares resident
+//! memory, the figure the kernel and container limits see: past it the writer publishes what
+//! it buffers and the allocator hands its free pages back (`malloc_trim`). Where `mallinfo2`
+//! does not exist (not glibc) both limits use resident memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,7 +35,8 @@ pub struct Admission {
     memory_soft_limit: u64,
     memory_hard_limit: u64,
     wal_max_bytes: u64,
-    resident_bytes: AtomicU64,
+    /// What the soft limit compares: allocated bytes, else resident bytes.
+    in_use_bytes: AtomicU64,
     wal_bytes: AtomicU64,
 }
 
@@ -38,17 +46,17 @@ impl Admission {
             memory_soft_limit,
             memory_hard_limit,
             wal_max_bytes,
-            resident_bytes: AtomicU64::new(0),
+            in_use_bytes: AtomicU64::new(0),
             wal_bytes: AtomicU64::new(0),
         }
     }
 
     /// Refuses a new export, as retryable, while memory or the WAL is over its limit.
     pub fn check(&self) -> Result<()> {
-        let resident = self.resident_bytes.load(Ordering::Relaxed);
-        if over(resident, self.memory_soft_limit) {
+        let in_use = self.in_use_bytes.load(Ordering::Relaxed);
+        if over(in_use, self.memory_soft_limit) {
             return Err(Error::Overloaded(format!(
-                "resident memory {resident} bytes is over receivers.memory_soft_limit_bytes ({})",
+                "memory in use {in_use} bytes is over receivers.memory_soft_limit_bytes ({})",
                 self.memory_soft_limit
             )));
         }
@@ -63,7 +71,8 @@ impl Admission {
     }
 
     /// Samples memory and the WAL in `wal_dir` until the server stops; calls `publish_now`
-    /// (at most once a second) while memory is over the hard limit.
+    /// (at most once a second) while resident memory is over the hard limit. `publish_now`
+    /// should call [`release_free_memory`] once the publication is done.
     pub fn spawn_monitor(
         self: &Arc<Self>,
         wal_dir: PathBuf,
@@ -88,17 +97,18 @@ impl Admission {
                     return;
                 };
                 let resident = resident_bytes().unwrap_or(0);
+                let in_use = allocated_bytes().unwrap_or(resident);
                 let wal = wal_bytes(&wal_dir);
-                admission.resident_bytes.store(resident, Ordering::Relaxed);
+                admission.in_use_bytes.store(in_use, Ordering::Relaxed);
                 admission.wal_bytes.store(wal, Ordering::Relaxed);
-                telemetry.set_resource_usage(resident, wal);
-                let now_over = over(resident, admission.memory_soft_limit);
+                telemetry.set_resource_usage(resident, in_use, wal);
+                let now_over = over(in_use, admission.memory_soft_limit);
                 if now_over != memory_over {
                     memory_over = now_over;
                     telemetry.limit_crossed(
                         "receivers.memory_soft_limit_bytes",
                         now_over,
-                        resident,
+                        in_use,
                         admission.memory_soft_limit,
                     );
                 }
@@ -129,10 +139,37 @@ fn over(value: u64, limit: u64) -> bool {
     limit > 0 && value >= limit
 }
 
-/// The process's resident set size, from `/proc/self/status` (Linux).
+/// Bytes the allocator has handed out and not had back: glibc's in-use chunks in every arena
+/// plus its mmapped blocks.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn allocated_bytes() -> Option<u64> {
+    // SAFETY: mallinfo2 takes no arguments and only reads allocator state under its own
+    // locks; glibc has had it since 2.33.
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn allocated_bytes() -> Option<u64> {
+    None
+}
+
+/// Hands the allocator's free pages back to the system, so resident memory follows what was
+/// freed (glibc keeps them otherwise). A no-op elsewhere.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the kernel, under the allocator's locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// The process's anonymous resident memory (heap, stacks), from `/proc/self/status` (Linux).
+/// Pages of the mapped binary and of files are left out: they are shared and reclaimable, and
+/// a debug binary alone maps hundreds of MiB.
 fn resident_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -158,20 +195,20 @@ mod tests {
     fn limits_refuse_as_retryable_and_zero_turns_them_off() {
         let admission = Admission::new(100, 200, 1000);
         assert!(admission.check().is_ok());
-        admission.resident_bytes.store(150, Ordering::Relaxed);
+        admission.in_use_bytes.store(150, Ordering::Relaxed);
         let refused = admission.check().unwrap_err();
         assert!(refused.is_retryable());
         assert!(
             refused.to_string().contains("memory_soft_limit"),
             "{refused}"
         );
-        admission.resident_bytes.store(0, Ordering::Relaxed);
+        admission.in_use_bytes.store(0, Ordering::Relaxed);
         admission.wal_bytes.store(1000, Ordering::Relaxed);
         let refused = admission.check().unwrap_err();
         assert!(refused.is_retryable() && refused.to_string().contains("wal.max_bytes"));
 
         let off = Admission::new(0, 0, 0);
-        off.resident_bytes.store(u64::MAX, Ordering::Relaxed);
+        off.in_use_bytes.store(u64::MAX, Ordering::Relaxed);
         off.wal_bytes.store(u64::MAX, Ordering::Relaxed);
         assert!(off.check().is_ok());
     }
@@ -179,6 +216,18 @@ mod tests {
     #[test]
     fn samples_this_process_and_a_wal_directory() {
         assert!(resident_bytes().is_some_and(|b| b > 1 << 20));
+        let before = allocated_bytes();
+        let held = vec![1u8; 64 << 20];
+        let during = allocated_bytes();
+        drop(held);
+        if let (Some(before), Some(during)) = (before, during) {
+            assert!(during >= before + (60 << 20), "{before} → {during}");
+            let after = allocated_bytes().unwrap_or(0);
+            assert!(
+                after < during - (60 << 20),
+                "freed memory is no longer in use"
+            );
+        }
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000000000000000001.wal"), [0u8; 300]).unwrap();
         std::fs::write(dir.path().join("other"), [0u8; 50]).unwrap();

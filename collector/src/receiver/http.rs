@@ -22,8 +22,9 @@ pub const PROTOCOL: &str = "http";
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
-#[derive(Clone, Copy, PartialEq)]
-enum Encoding {
+/// The body's media type: OTLP/HTTP's protobuf or JSON encoding.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Encoding {
     Protobuf,
     Json,
 }
@@ -106,7 +107,10 @@ async fn export(
         ingest.admit()?;
         let encoding = encoding?;
         let body = read_body(body, ingest.max_request_bytes).await?;
-        let raw = decompress(&headers, &body, ingest.max_request_bytes)?;
+        let content_encoding = headers
+            .get(header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(not text)"));
+        let raw = decompress(content_encoding, &body, ingest.max_request_bytes)?;
         let request = decode(encoding, &raw)?;
         ingest.export(PROTOCOL, request, raw.len(), principal).await
     }
@@ -172,12 +176,14 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
     }
 }
 
-/// The body after `Content-Encoding`, refused past `limit` bytes however small it was on the
-/// wire (decompression bombs).
-fn decompress(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>, Error> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
+/// The body after its `Content-Encoding` (`None`: identity), refused past `limit` bytes
+/// however small it was on the wire (decompression bombs).
+pub fn decompress(
+    content_encoding: Option<&str>,
+    body: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, Error> {
+    let encoding = content_encoding
         .unwrap_or("identity")
         .trim()
         .to_ascii_lowercase();
@@ -188,9 +194,9 @@ fn decompress(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>
             }
             return Ok(body.to_vec());
         }
-        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        "gzip" | "x-gzip" => Box::new(flate2::read::MultiGzDecoder::new(body)),
         "zstd" => Box::new(
-            zstd::stream::read::Decoder::new(&body[..])
+            zstd::stream::read::Decoder::new(body)
                 .map_err(|_| Error::Decode("invalid zstd stream".into()))?,
         ),
         other => return Err(Error::UnsupportedEncoding(other.chars().take(32).collect())),
@@ -206,7 +212,8 @@ fn decompress(headers: &HeaderMap, body: &Bytes, limit: usize) -> Result<Vec<u8>
     Ok(out)
 }
 
-fn decode(encoding: Encoding, raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
+/// A decompressed body as an export request.
+pub fn decode(encoding: Encoding, raw: &[u8]) -> Result<ExportTraceServiceRequest, Error> {
     match encoding {
         Encoding::Protobuf => ExportTraceServiceRequest::decode(raw)
             .map_err(|e| Error::Decode(format!("invalid protobuf: {e}"))),
