@@ -382,8 +382,14 @@ impl SecretScrubber {
             };
             let tail = &rest[token_start..];
             let run = tail.find(|c: char| !is_token_char(c)).unwrap_or(tail.len());
-            // A trailing '.' ends the sentence, not the token ("invalid token: eyJ….").
-            let token_len = tail[..run].trim_end_matches('.').len();
+            // A trailing '.' usually ends the sentence, not the token ("invalid token:
+            // eyJ…."), but an unsigned JWT (`alg: none`) ends in '.' itself: keep the fewest
+            // trailing dots that make a JWT, so the same token always fingerprints the same.
+            let candidate = &tail[..run];
+            let trimmed_len = candidate.trim_end_matches('.').len();
+            let token_len = (trimmed_len..=run)
+                .find(|&len| is_jwt(&candidate[..len]))
+                .unwrap_or(trimmed_len);
             let token = &tail[..token_len];
             let scheme = rest[at..token_start].to_ascii_lowercase();
             let kind = if is_jwt(token) {
@@ -579,6 +585,47 @@ mod tests {
         assert!(found.is_empty());
         let (_, found) = scrub("auth.token_count", Value::Scalar("3".into()));
         assert!(found.is_empty(), "numbers are not secrets");
+    }
+
+    /// Found by the `secrets_and_jwt` fuzz target: an unsigned JWT (empty signature, so it
+    /// ends in '.') in free text was cut at its trailing dot, no longer looked like a JWT, and
+    /// stayed in the text raw.
+    #[test]
+    fn unsigned_jwts_in_free_text_are_scrubbed_with_their_trailing_dot() {
+        let crasher = ",=\reyJ-http.request.";
+        let mut text = crasher.to_string();
+        let mut found = Vec::new();
+        scrubber().scrub_text("name", &mut text, &mut found);
+        assert!(!text.contains("eyJ-http"), "{text}");
+        assert_eq!(found.len(), 1);
+
+        let unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhbGljZSJ9.";
+        for sentence in [
+            format!("rejected {unsigned} today"),
+            format!("rejected {unsigned}."),
+            format!("rejected {unsigned}"),
+        ] {
+            let mut text = sentence.clone();
+            let mut found = Vec::new();
+            scrubber().scrub_text("name", &mut text, &mut found);
+            assert!(!text.contains("eyJzdWIi"), "{sentence} → {text}");
+            assert_eq!(found[0].kind, CredentialKind::Jwt);
+        }
+        // A signed JWT ending a sentence (or an ellipsis) keeps the dots outside the token,
+        // and fingerprints as it does anywhere else.
+        let signed = make_jwt(&serde_json::json!({"sub": "bob"}));
+        let fingerprint = |sentence: String| {
+            let mut found = Vec::new();
+            let mut text = sentence;
+            scrubber().scrub_text("name", &mut text, &mut found);
+            assert!(!text.contains(&signed), "{text}");
+            (text, found[0].fingerprint.clone())
+        };
+        let (plain, expected) = fingerprint(format!("invalid token {signed}"));
+        let (dot, at_dot) = fingerprint(format!("invalid token {signed}."));
+        let (ellipsis, at_ellipsis) = fingerprint(format!("invalid token {signed}..."));
+        assert!(dot.ends_with('.') && ellipsis.ends_with("...") && !plain.ends_with('.'));
+        assert_eq!((at_dot, at_ellipsis), (expected.clone(), expected));
     }
 
     #[test]
