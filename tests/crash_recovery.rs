@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::process::{KillOnDrop, Ports, sigkill, sigterm};
@@ -27,33 +26,26 @@ fn acknowledged_spans_survive_sigkill_exactly_once() {
     let ports = Ports::free();
     let ledger = dir.path().join("ledger.txt");
     let mut server = start_server(dir.path(), &ports, "serve-0.log");
-    let generator = Command::new(env!("CARGO_BIN_EXE_idtrail"))
-        .args([
-            "gen",
-            "--quiet",
+    let generator = common::process::spawn_generator(
+        ports,
+        &ledger,
+        &[
             "--seed",
             "7",
             "--rate",
             "4000",
             "--duration",
             "9",
-        ])
-        .args([
             "--batch-spans",
             "200",
             "--concurrency",
             "4",
             "--max-retry-secs",
             "60",
-        ])
-        .args(["--invalid-share", "0.01"])
-        .args(["--endpoint", &format!("http://127.0.0.1:{}", ports.grpc)])
-        .arg("--ledger")
-        .arg(&ledger)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn idtrail gen");
+            "--invalid-share",
+            "0.01",
+        ],
+    );
 
     for round in 1..=3 {
         std::thread::sleep(Duration::from_millis(1500 + 400 * round));

@@ -150,3 +150,19 @@ pub fn sigterm(child: &mut Child) {
     let status = child.wait().expect("wait");
     assert!(status.success(), "graceful shutdown exits 0: {status:?}");
 }
+
+/// Starts `idtrail gen` against the gRPC port of `ports`, writing every acknowledged span id to
+/// `ledger`, with `args` (rate, duration, batch size…) before the endpoint; its stdout (the JSON
+/// summary) is piped.
+pub fn spawn_generator(ports: Ports, ledger: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_idtrail"))
+        .args(["gen", "--quiet"])
+        .args(args)
+        .args(["--endpoint", &format!("http://127.0.0.1:{}", ports.grpc)])
+        .arg("--ledger")
+        .arg(ledger)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn idtrail gen")
+}

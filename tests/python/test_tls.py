@@ -203,6 +203,17 @@ def _flight(server, pki: Pki, with_client_certificate: bool = True):
     return flight_sql.connect(f"grpc+tls://127.0.0.1:{server.flight_port}", db_kwargs=options)
 
 
+def _http_exporter(server, pki: Pki) -> HttpSpanExporter:
+    """The SDK's OTLP/HTTP exporter with the test CA and the exporter's client certificate."""
+    return HttpSpanExporter(
+        endpoint=f"{server.http_base}/v1/traces",
+        certificate_file=str(pki.ca),
+        client_certificate_file=str(pki.client_cert),
+        client_key_file=str(pki.client_key),
+        timeout=10,
+    )
+
+
 def _export_request() -> bytes:
     """One valid span, as an OTLP/HTTP protobuf body."""
     from opentelemetry.proto.trace.v1 import trace_pb2
@@ -226,13 +237,7 @@ def test_sdk_exporters_over_mtls_record_the_client_identity(mtls_server, pki):
         credentials=_grpc_credentials(pki),
         timeout=10,
     )
-    http_exporter = HttpSpanExporter(
-        endpoint=f"{server.http_base}/v1/traces",
-        certificate_file=str(pki.ca),
-        client_certificate_file=str(pki.client_cert),
-        client_key_file=str(pki.client_key),
-        timeout=10,
-    )
+    http_exporter = _http_exporter(server, pki)
     for service, exporter in (("svc-grpc", grpc_exporter), ("svc-http", http_exporter)):
         provider, recorder = make_provider(exporter, service=service)
         with provider.get_tracer("t").start_as_current_span("work", kind=SpanKind.SERVER):
@@ -379,14 +384,7 @@ def test_certificates_reload_without_a_restart(mtls_server, pki):
     wait_for_serial(again)
 
     # Exports work across the rotations.
-    exporter = HttpSpanExporter(
-        endpoint=f"{server.http_base}/v1/traces",
-        certificate_file=str(pki.ca),
-        client_certificate_file=str(pki.client_cert),
-        client_key_file=str(pki.client_key),
-        timeout=10,
-    )
-    provider, recorder = make_provider(exporter, service="after-rotation")
+    provider, recorder = make_provider(_http_exporter(server, pki), service="after-rotation")
     with provider.get_tracer("t").start_as_current_span("work", kind=SpanKind.SERVER):
         pass
     flush(provider, recorder, 1)

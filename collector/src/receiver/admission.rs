@@ -90,7 +90,8 @@ impl Admission {
             let mut ticks = tokio::time::interval(SAMPLE_EVERY);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_forced: Option<Instant> = None;
-            let (mut memory_over, mut wal_over) = (false, false);
+            let mut memory = Crossing::new("receivers.memory_soft_limit_bytes");
+            let mut wal_cap = Crossing::new("wal.max_bytes");
             loop {
                 ticks.tick().await;
                 let Some(admission) = admission.upgrade() else {
@@ -102,26 +103,8 @@ impl Admission {
                 admission.in_use_bytes.store(in_use, Ordering::Relaxed);
                 admission.wal_bytes.store(wal, Ordering::Relaxed);
                 telemetry.set_resource_usage(resident, in_use, wal);
-                let now_over = over(in_use, admission.memory_soft_limit);
-                if now_over != memory_over {
-                    memory_over = now_over;
-                    telemetry.limit_crossed(
-                        "receivers.memory_soft_limit_bytes",
-                        now_over,
-                        in_use,
-                        admission.memory_soft_limit,
-                    );
-                }
-                let now_over = over(wal, admission.wal_max_bytes);
-                if now_over != wal_over {
-                    wal_over = now_over;
-                    telemetry.limit_crossed(
-                        "wal.max_bytes",
-                        now_over,
-                        wal,
-                        admission.wal_max_bytes,
-                    );
-                }
+                memory.observe(in_use, admission.memory_soft_limit, &telemetry);
+                wal_cap.observe(wal, admission.wal_max_bytes, &telemetry);
                 if over(resident, admission.memory_hard_limit)
                     && last_forced.is_none_or(|t| t.elapsed() >= FORCED_FLUSH_EVERY)
                 {
@@ -131,6 +114,26 @@ impl Admission {
                 }
             }
         });
+    }
+}
+
+/// Whether a limit is passed, so crossing it either way is logged once, not every sample.
+struct Crossing {
+    limit: &'static str,
+    over: bool,
+}
+
+impl Crossing {
+    fn new(limit: &'static str) -> Crossing {
+        Crossing { limit, over: false }
+    }
+
+    fn observe(&mut self, value: u64, max: u64, telemetry: &Telemetry) {
+        let now_over = over(value, max);
+        if now_over != self.over {
+            self.over = now_over;
+            telemetry.limit_crossed(self.limit, now_over, value, max);
+        }
     }
 }
 
