@@ -1,12 +1,16 @@
-//! Acknowledged data survives SIGKILL: `idtrail serve` is killed repeatedly while `idtrail gen`
-//! exports to it (retrying as OpenTelemetry exporters do), then restarted. Every span the
-//! generator saw acknowledged must be in Parquet exactly once, and no span may be stored twice.
+//! Acknowledged data survives SIGKILL: `idtrail serve` is killed repeatedly, at random moments,
+//! while `idtrail gen` exports to it (retrying as OpenTelemetry exporters do), then restarted.
+//! Every span the generator saw acknowledged must be in Parquet exactly once, and no span may
+//! be stored twice.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 
 use common::process::{KillOnDrop, Ports, sigkill, sigterm};
 
@@ -47,12 +51,28 @@ fn acknowledged_spans_survive_sigkill_exactly_once() {
         ],
     );
 
-    for round in 1..=3 {
-        std::thread::sleep(Duration::from_millis(1500 + 400 * round));
+    // Kills at random moments while the generator runs: before, during and after WAL
+    // commits, publications and checkpoints. The seed is printed so a failure replays.
+    let seed = std::env::var("IDTRAIL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("kill schedule: IDTRAIL_TEST_SEED={seed}");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        round += 1;
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1500)));
         sigkill(&mut server);
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..300)));
         server = start_server(dir.path(), &ports, &format!("serve-{round}.log"));
     }
+    assert!(round >= 3, "only {round} kills");
     let output = generator.wait_with_output().expect("generator");
     assert!(output.status.success(), "generator failed");
     let summary: serde_json::Value =
