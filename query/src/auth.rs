@@ -14,9 +14,14 @@ pub fn authenticate(
     authorization: Option<&str>,
     peer: Option<&Peer>,
 ) -> Result<()> {
-    if let Some(peer) = peer {
-        peer.principal()
-            .map_err(|e| QueryError::Unauthenticated(e.to_string()))?;
+    // The collector's refusal already says what was missing; its reason is kept, not its
+    // "unauthenticated: " prefix, which QueryError adds again.
+    match peer.map(Peer::principal) {
+        Some(Err(idtrail_collector::Error::Unauthenticated(why))) => {
+            return Err(QueryError::Unauthenticated(why));
+        }
+        Some(Err(other)) => return Err(QueryError::Unauthenticated(other.to_string())),
+        _ => {}
     }
     match keys {
         Some(keys) if keys.check(authorization).is_none() => Err(QueryError::Unauthenticated(

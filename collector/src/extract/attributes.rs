@@ -75,6 +75,15 @@ pub fn truncate(s: &mut String, max: usize) -> bool {
     true
 }
 
+/// Cuts every value in `attrs` to at most `max` bytes; how many were cut.
+pub fn truncate_values(attrs: &mut [(String, Value)], max: usize) -> usize {
+    attrs
+        .iter_mut()
+        .map(|(_, value)| value.truncate(max))
+        .filter(|cut| *cut)
+        .count()
+}
+
 /// Flattens `attributes` into `out`, at most `max_attributes` of them (the rest are dropped and
 /// counted in the return value).
 pub fn flatten(

@@ -139,11 +139,7 @@ impl Extractor {
         }
         let found = self.scrub_all(&mut attrs, keys);
         self.count_secrets(&found);
-        let truncated = attrs
-            .iter_mut()
-            .map(|(_, value)| value.truncate(self.limits.max_value_bytes))
-            .filter(|cut| *cut)
-            .count();
+        let truncated = attributes::truncate_values(&mut attrs, self.limits.max_value_bytes);
         self.telemetry.span_limit_cut("values", truncated);
         let mut info = ResourceInfo {
             workload_id: spiffe_id(&attrs),
@@ -220,11 +216,7 @@ impl Extractor {
         self.count_secrets(&found);
         // Long values are cut only now: scrubbing saw each whole, so no cut can leave part of
         // a raw secret behind.
-        let mut truncated = attrs
-            .iter_mut()
-            .map(|(_, value)| value.truncate(max_value))
-            .filter(|cut| *cut)
-            .count();
+        let mut truncated = attributes::truncate_values(&mut attrs, max_value);
         truncated += usize::from(attributes::truncate(&mut name, max_value));
         if let Some(message) = status_message.as_mut() {
             truncated += usize::from(attributes::truncate(message, max_value));

@@ -14,7 +14,7 @@
 //! it buffers and the allocator hands its free pages back (`malloc_trim`). Where `mallinfo2`
 //! does not exist (not glibc) both limits use resident memory.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -99,7 +99,7 @@ impl Admission {
                 };
                 let resident = resident_bytes().unwrap_or(0);
                 let in_use = allocated_bytes().unwrap_or(resident);
-                let wal = wal_bytes(&wal_dir);
+                let wal = crate::wal::size_on_disk(&wal_dir);
                 admission.in_use_bytes.store(in_use, Ordering::Relaxed);
                 admission.wal_bytes.store(wal, Ordering::Relaxed);
                 telemetry.set_resource_usage(resident, in_use, wal);
@@ -177,19 +177,6 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Bytes in the WAL's segment files: what is written and not yet published.
-fn wal_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".wal")))
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("00000000000000000001.wal"), [0u8; 300]).unwrap();
         std::fs::write(dir.path().join("other"), [0u8; 50]).unwrap();
-        assert_eq!(wal_bytes(dir.path()), 300);
-        assert_eq!(wal_bytes(&dir.path().join("missing")), 0);
+        assert_eq!(crate::wal::size_on_disk(dir.path()), 300);
+        assert_eq!(crate::wal::size_on_disk(&dir.path().join("missing")), 0);
     }
 }

@@ -94,6 +94,17 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     Ok(seqs)
 }
 
+/// Bytes in the segment files in `dir`: what is written and not yet published and deleted.
+/// Unreadable entries count as empty (a segment may be deleted while this runs).
+pub fn size_on_disk(dir: &Path) -> u64 {
+    list_segments(dir).map_or(0, |seqs| {
+        seqs.into_iter()
+            .filter_map(|seq| fs::metadata(segment_path(dir, seq)).ok())
+            .map(|m| m.len())
+            .sum()
+    })
+}
+
 /// Makes a directory's entries (new, renamed or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
