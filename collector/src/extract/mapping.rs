@@ -1,7 +1,7 @@
 //! The configured attribute lists, compiled into one lookup: attribute key → the fields it can
 //! fill and its priority in each. One pass over a span's attributes finds every field's winner.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use crate::config::ExtractionConfig;
 use crate::extract::attributes::Value;

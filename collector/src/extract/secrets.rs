@@ -5,7 +5,7 @@
 //! signed query parameter. The attribute is kept with the fingerprint in place of the value, so
 //! the same credential can still be followed across spans, services and days.
 
-use std::collections::{HashMap, HashSet};
+use ahash::{AHashMap as HashMap, AHashSet as HashSet};
 
 use crate::config::SecretsConfig;
 use crate::extract::attributes::Value;

@@ -7,10 +7,13 @@
 //! (`idtrail.stitched_through`), and a replayed trace at or before it is not written again.
 //! See docs/adr/0004-stitching-and-the-wal-checkpoint.md.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+// aHash, not SipHash: these maps are keyed per span (BENCHMARKS.md, stop 13). Randomly seeded,
+// so client-chosen trace ids cannot aim at one bucket.
+use ahash::AHashMap as HashMap;
 use idtrail_schemas::layout::Partition;
 use idtrail_schemas::{chains, edges as edges_table};
 

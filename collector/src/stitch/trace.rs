@@ -1,7 +1,7 @@
 //! One trace's spans, indexed for walking parentage: what the chain builder and the edge
 //! observer both read.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use super::span::{CredentialFacts, LineageSpan, SpanId, TraceId};
 use crate::record::SpanKind;

@@ -5,7 +5,7 @@
 //! stays bounded by `max_entries` per generation, and an id is forgotten after one to two
 //! half-windows.
 
-use std::collections::HashSet;
+use ahash::AHashSet as HashSet;
 use std::time::{Duration, Instant};
 
 use crate::config::DedupConfig;
