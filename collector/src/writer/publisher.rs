@@ -237,7 +237,7 @@ pub(crate) fn encode(
 
 /// Columns of `spans` whose values rarely repeat, so a dictionary only costs: the writer
 /// interns every value until the dictionary page overflows, then falls back and compresses both.
-/// Measured on the benchmark's spans (BENCHMARKS.md, "On disk"): times sorted or close to it
+/// Measured on the benchmark's spans (BENCHMARKS.md, "Stop 13"): times sorted or close to it
 /// shrink by half with delta encoding (start_time 4.9 → 2.5 B/span, end_time and duration_ns
 /// 6.5 → 4.1), and random ids lose their 4-byte length prefixes with delta-length encoding
 /// (span_id 11.1 → 8.3, parent_span_id 8.3 → 6.9). DataFusion, DuckDB and pyarrow read both

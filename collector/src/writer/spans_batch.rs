@@ -55,36 +55,16 @@ fn string_list(capacity: usize) -> ListBuilder<StringBuilder> {
     ListBuilder::with_capacity(StringBuilder::new(), capacity)
 }
 
-/// Entries and key/value bytes of a map column, counted before building it: the builders are
-/// then allocated once. Grown by doubling they copied ~2× their final size, the publisher's
-/// largest `memmove` in the profile (BENCHMARKS.md, stop 13).
-#[derive(Default)]
-struct MapSize {
-    entries: usize,
-    key_bytes: usize,
-    value_bytes: usize,
-}
-
-impl MapSize {
-    fn add(&mut self, entries: &[(String, String)]) {
-        self.entries += entries.len();
-        for (k, v) in entries {
-            self.key_bytes += k.len();
-            self.value_bytes += v.len();
-        }
-    }
-}
-
-fn string_map(rows: usize, size: &MapSize) -> MapBuilder<StringBuilder, StringBuilder> {
+fn string_map(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
     MapBuilder::with_capacity(
         Some(MapFieldNames {
             entry: "entries".into(),
             key: "key".into(),
             value: "value".into(),
         }),
-        StringBuilder::with_capacity(size.entries, size.key_bytes),
-        StringBuilder::with_capacity(size.entries, size.value_bytes),
-        rows,
+        StringBuilder::new(),
+        StringBuilder::new(),
+        capacity,
     )
 }
 
@@ -113,21 +93,6 @@ pub fn to_record_batch(
     order: &[(u32, u32)],
 ) -> Result<RecordBatch, ArrowError> {
     let n = order.len();
-    let rows = || {
-        order.iter().filter_map(|&(b, i)| {
-            let batch = batches.get(b as usize)?;
-            Some((&batch.header, batch.spans.get(i as usize)?))
-        })
-    };
-    let (mut name_bytes, mut attribute_size, mut resource_size) =
-        (0, MapSize::default(), MapSize::default());
-    for (header, r) in rows() {
-        name_bytes += r.name.len();
-        attribute_size.add(&r.attributes);
-        if let Some(resource) = header.resources.get(r.resource as usize) {
-            resource_size.add(&resource.attributes);
-        }
-    }
     let mut trace_id = StringBuilder::with_capacity(n, n * 32);
     let mut span_id = StringBuilder::with_capacity(n, n * 16);
     let mut parent_span_id = StringBuilder::with_capacity(n, n * 16);
@@ -140,7 +105,7 @@ pub fn to_record_batch(
     let mut k8s_cluster = strings(n);
     let mut k8s_namespace = strings(n);
     let mut k8s_pod = strings(n);
-    let mut name = StringBuilder::with_capacity(n, name_bytes);
+    let mut name = strings(n);
     let mut kind = strings(n);
     let mut status_code = strings(n);
     let mut status_message = strings(n);
@@ -179,12 +144,18 @@ pub fn to_record_batch(
     let mut effect_is_write = BooleanBuilder::with_capacity(n);
     let mut links =
         ListBuilder::with_capacity(StructBuilder::from_fields(spans::link_fields(), 0), n);
-    let mut attributes = string_map(n, &attribute_size);
-    let mut resource_attributes = string_map(n, &resource_size);
+    let mut attributes = string_map(n);
+    let mut resource_attributes = string_map(n);
     let mut ingest_principal = strings(n);
     let mut ingested_at = utc(n);
 
-    for (header, r) in rows() {
+    for &(b, i) in order {
+        let Some((header, r)) = batches
+            .get(b as usize)
+            .and_then(|batch| Some((&batch.header, batch.spans.get(i as usize)?)))
+        else {
+            continue;
+        };
         let resource = header.resources.get(r.resource as usize);
         let res = |f: fn(&crate::record::ResourceInfo) -> &Option<String>| {
             resource.and_then(|info| f(info).as_deref())
