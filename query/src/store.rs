@@ -1,17 +1,20 @@
 //! Where the tables are read from: the root of `<table>/date=…/hour=…/*.parquet`, as an
 //! [`ObjectStore`] and its URL. Every read of the query layer (listing tables, the lineage
 //! graph, `chain_of`) goes through DataFusion over this store, so a store other than the local
-//! directory changes nothing else. Today only local directories are built in: object-store
-//! URLs (`s3://bucket/prefix`) are refused by name, see docs/adr/0007-object-store-tables.md.
+//! directory changes nothing else: `s3://bucket/prefix`, `gs://…` and `az://…` read the same
+//! layout from a bucket, with the clouds' own credentials (docs/adr/0007-object-store-tables.md).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreScheme};
 use url::Url;
 
 use crate::error::{QueryError, Result};
@@ -71,14 +74,37 @@ impl TableStore {
         })
     }
 
+    /// A bucket. Credentials, region and endpoint come from the cloud's own environment
+    /// (`AWS_*`, `GOOGLE_*`, `AZURE_*`, as the clouds' CLIs read them), never from idtrail's
+    /// config, so no secret is written into a file idtrail owns.
     fn remote(url: Url) -> Result<TableStore> {
-        // Reading S3, GCS and Azure needs object_store's cloud clients, which are not built
-        // into this binary yet (docs/adr/0007-object-store-tables.md): refuse by name rather
-        // than misread the URL as a relative directory.
-        Err(QueryError::Plan(format!(
-            "{url}: object-store URLs are not supported by this build yet; copy the tables to a \
-             local directory (for example `aws s3 sync {url} ./idtrail-data`) and pass that"
-        )))
+        let refused = |why: String| QueryError::Plan(format!("{url}: {why}"));
+        let (scheme, path) =
+            ObjectStoreScheme::parse(&url).map_err(|e| refused(format!("not a store URL: {e}")))?;
+        let prefix =
+            ObjectPath::parse(path).map_err(|e| refused(format!("not a store prefix: {e}")))?;
+        let built = match scheme {
+            ObjectStoreScheme::AmazonS3 => AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            ObjectStoreScheme::GoogleCloudStorage => GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            ObjectStoreScheme::MicrosoftAzure => MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()
+                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+            other => {
+                return Err(refused(format!(
+                    "{other:?} is not a table store; use s3://, gs://, az:// (or abfss://) or a \
+                     local directory"
+                )));
+            }
+        };
+        let store = built.map_err(|e| QueryError::storage(format!("opening {url}"), e))?;
+        Ok(TableStore { url, store, prefix })
     }
 
     /// Makes the store reachable to DataFusion's listing tables under its URL.
@@ -130,12 +156,26 @@ mod tests {
     }
 
     #[test]
-    fn object_store_urls_are_refused_by_name() {
-        let err = TableStore::open(Path::new("s3://bucket/idtrail")).expect_err("s3");
-        assert!(err.to_string().contains("s3://bucket/idtrail"), "{err}");
-        assert!(
-            !Path::new("s3:/bucket").exists(),
-            "read as a relative directory"
+    fn bucket_urls_open_with_their_prefix() {
+        // Building a client does not connect, so this needs no bucket; the moto test in
+        // tests/python/test_object_store.py reads real objects.
+        let store = TableStore::open(Path::new("s3://bucket/idtrail/prod")).expect("s3");
+        assert_eq!(store.table_prefix("spans").as_ref(), "idtrail/prod/spans");
+        assert_eq!(
+            store.table_url("spans").expect("table").as_str(),
+            "s3://bucket/idtrail/prod/spans/"
         );
+        let root = TableStore::open(Path::new("s3://bucket")).expect("bucket root");
+        assert_eq!(root.table_prefix("edges").as_ref(), "edges");
+    }
+
+    #[test]
+    fn urls_that_are_not_table_stores_are_refused_by_name() {
+        for url in ["memory:///tables", "ftp://host/tables"] {
+            let err = TableStore::open(Path::new(url)).expect_err(url);
+            assert!(err.to_string().contains(url), "{err}");
+        }
+        assert!(is_url(Path::new("gs://bucket/x")));
+        assert!(!is_url(Path::new("C:\\data")), "a drive letter is a path");
     }
 }
