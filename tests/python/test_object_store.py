@@ -82,13 +82,11 @@ def s3(demo_tables):
     )
     client.create_bucket(Bucket=BUCKET)
     data = demo_tables / "data"
-    uploaded = 0
     for table in TABLES:
         for path in sorted((data / table).rglob("*.parquet")):
             client.upload_file(str(path), BUCKET, f"{PREFIX}/{path.relative_to(data).as_posix()}")
-            uploaded += 1
     try:
-        yield client, env, uploaded
+        yield client, env
     finally:
         server.stop()
 
@@ -117,7 +115,7 @@ def s3_url() -> str:
 
 @pytest.mark.parametrize("name", sorted(QUERIES))
 def test_bucket_answers_as_the_local_directory(demo_tables, s3, name):
-    _, env, _ = s3
+    _, env = s3
     local = query_json(demo_tables, str(demo_tables / "data"), QUERIES[name])
     remote = query_json(demo_tables, s3_url(), QUERIES[name], env)
     assert local, f"{name}: no rows over the local directory"
@@ -127,7 +125,7 @@ def test_bucket_answers_as_the_local_directory(demo_tables, s3, name):
 def test_lineage_functions_and_findings_read_the_bucket(demo_tables, s3):
     """The lineage graph (blast_radius, chain_of) is built from the bucket's edges and chains,
     and every detection rule runs over it."""
-    _, env, _ = s3
+    _, env = s3
     local_dir = str(demo_tables / "data")
     busiest = query_json(
         demo_tables, local_dir,
@@ -171,7 +169,7 @@ def test_lineage_functions_and_findings_read_the_bucket(demo_tables, s3):
 def test_files_uploaded_during_a_session_are_in_its_next_query(demo_tables, s3):
     """One engine (the prompt, fed by a pipe) lists the bucket per query: an object put after
     the first query is counted by the second, with no restart."""
-    client, env, _ = s3
+    client, env = s3
     data = demo_tables / "data"
     late_file = sorted((data / "spans").rglob("*.parquet"))[0]
     late_key = f"{PREFIX}/{late_file.parent.relative_to(data).as_posix()}/late-arrival.parquet"
@@ -205,7 +203,7 @@ def test_files_uploaded_during_a_session_are_in_its_next_query(demo_tables, s3):
 
 
 def test_a_missing_bucket_is_a_clear_error_without_the_secret(demo_tables, s3):
-    _, env, _ = s3
+    _, env = s3
     run = idtrail(["query", "--data-dir", "s3://no-such-bucket/tables", "SELECT count(*) FROM spans"], env)
     assert run.returncode != 0
     assert "no-such-bucket" in run.stderr and "does not exist" in run.stderr, run.stderr
