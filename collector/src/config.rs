@@ -249,8 +249,25 @@ pub struct StitcherConfig {
     #[serde(with = "humantime_serde")]
     pub late_window: Duration,
     /// Memory bound of open and retained traces (estimated bytes). Past it, retained traces are
-    /// forgotten first, then the oldest open traces are stitched early.
-    pub max_buffer_bytes: usize,
+    /// forgotten first, then the oldest open traces are stitched early. The same happens,
+    /// whatever this bound, while the process's memory in use nears
+    /// `receivers.memory_soft_limit_bytes`, so the buffer gives memory back before exports
+    /// are refused. Default: a quarter of the soft limit, at most 512 MiB (512 MiB with the
+    /// soft limit off). Set explicitly, it must be at most half the soft limit: the rest holds
+    /// requests in flight and the writer's buffers.
+    pub max_buffer_bytes: Option<usize>,
+}
+
+impl StitcherConfig {
+    /// The bound when neither the config nor the soft limit sets one.
+    pub const DEFAULT_MAX_BUFFER_BYTES: usize = 512 << 20;
+
+    /// The memory bound in force: the configured one (filled in by [`Config::load`]), else the
+    /// default.
+    pub fn buffer_cap(&self) -> usize {
+        self.max_buffer_bytes
+            .unwrap_or(Self::DEFAULT_MAX_BUFFER_BYTES)
+    }
 }
 
 impl Default for StitcherConfig {
@@ -259,7 +276,7 @@ impl Default for StitcherConfig {
             enabled: true,
             quiet_window: Duration::from_secs(30),
             late_window: Duration::from_secs(60),
-            max_buffer_bytes: 512 << 20,
+            max_buffer_bytes: None,
         }
     }
 }
@@ -576,9 +593,19 @@ impl Config {
         for (path, value) in overrides {
             set_path(&mut tree, path, value)?;
         }
-        let config: Config =
+        let mut config: Config =
             serde_json::from_value(tree).map_err(|e| Error::config(e.to_string()))?;
         config.validate()?;
+        let soft_limit = config.receivers.memory_soft_limit_bytes;
+        config
+            .stitcher
+            .max_buffer_bytes
+            .get_or_insert(if soft_limit > 0 {
+                StitcherConfig::DEFAULT_MAX_BUFFER_BYTES
+                    .min(usize::try_from(soft_limit / 4).unwrap_or(usize::MAX))
+            } else {
+                StitcherConfig::DEFAULT_MAX_BUFFER_BYTES
+            });
         Ok(config)
     }
 
@@ -611,6 +638,20 @@ impl Config {
             return Err(Error::config(
                 "receivers.memory_hard_limit_bytes must be above receivers.memory_soft_limit_bytes",
             ));
+        }
+        if let Some(stitch_cap) = self.stitcher.max_buffer_bytes
+            && self.stitcher.enabled
+            && receivers.memory_soft_limit_bytes > 0
+            && stitch_cap as u64 > receivers.memory_soft_limit_bytes / 2
+        {
+            // A buffer allowed to fill the soft limit keeps memory over it until its traces
+            // go quiet, refusing every export meanwhile (BENCHMARKS.md, stop 14's burst).
+            return Err(Error::config(format!(
+                "stitcher.max_buffer_bytes ({stitch_cap}) must be at most half of \
+                 receivers.memory_soft_limit_bytes ({}): the rest holds requests in flight and \
+                 the writer's buffers. Lower it, or leave it unset for a quarter of the soft limit",
+                receivers.memory_soft_limit_bytes
+            )));
         }
         if self.span_limits.max_value_bytes < 64 {
             return Err(Error::config(
@@ -708,11 +749,55 @@ mod tests {
     }
 
     #[test]
+    fn the_stitch_buffer_fits_under_the_soft_memory_limit() {
+        let load = |overrides: &[(&str, &str)]| {
+            let overrides: Vec<(String, String)> = overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::load(None, Vec::new(), &overrides)
+        };
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults.stitcher.max_buffer_bytes, Some(512 << 20));
+        // Unset, it follows a lowered soft limit.
+        let small = load(&[("receivers.memory_soft_limit_bytes", "536870912")]).unwrap();
+        assert_eq!(small.stitcher.max_buffer_bytes, Some(128 << 20));
+        let off = load(&[("receivers.memory_soft_limit_bytes", "0")]).unwrap();
+        assert_eq!(off.stitcher.max_buffer_bytes, Some(512 << 20));
+        // Set, it must leave half the soft limit to the rest.
+        let refused = load(&[
+            ("receivers.memory_soft_limit_bytes", "536870912"),
+            ("stitcher.max_buffer_bytes", "536870912"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            refused.contains("stitcher.max_buffer_bytes (536870912) must be at most half"),
+            "{refused}"
+        );
+        let half = load(&[
+            ("receivers.memory_soft_limit_bytes", "536870912"),
+            ("stitcher.max_buffer_bytes", "268435456"),
+        ])
+        .unwrap();
+        assert_eq!(half.stitcher.max_buffer_bytes, Some(256 << 20));
+        // Nothing to fit when stitching is off.
+        assert!(
+            load(&[
+                ("receivers.memory_soft_limit_bytes", "536870912"),
+                ("stitcher.max_buffer_bytes", "536870912"),
+                ("stitcher.enabled", "false"),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
     fn example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../idtrail.example.yaml");
         let c = Config::load(Some(&path), Vec::new(), &[]).unwrap();
         // The example shows the defaults: loading it must change nothing.
-        let defaults = Config::default();
+        let defaults = Config::load(None, Vec::new(), &[]).unwrap();
         assert_eq!(
             serde_json::to_value(&c).unwrap(),
             serde_json::to_value(&defaults).unwrap()

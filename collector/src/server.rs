@@ -159,17 +159,26 @@ pub async fn serve(
     // instead of holding hundreds of batches in memory.
     let (writer_handle, writer_thread) = writer.spawn(32)?;
     let flusher = writer_handle.clone();
-    admission.spawn_monitor(wal_dir.clone(), telemetry.clone(), move || {
-        let flusher = flusher.clone();
-        tokio::spawn(async move {
-            // Free pages go back at once, and again once the buffers are published and freed.
-            let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
-            if let Err(error) = flusher.flush().await {
-                tracing::warn!(%error, "publishing at the memory hard limit failed");
-            }
-            let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
-        });
-    });
+    let shedder = writer_handle.clone();
+    let shed_stitch_buffer = move |bytes: u64| {
+        shedder.shed_stitch_buffer(usize::try_from(bytes).unwrap_or(usize::MAX));
+    };
+    admission.spawn_monitor(
+        wal_dir.clone(),
+        telemetry.clone(),
+        shed_stitch_buffer,
+        move || {
+            let flusher = flusher.clone();
+            tokio::spawn(async move {
+                // Free pages go back at once, and again once the buffers are published and freed.
+                let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
+                if let Err(error) = flusher.flush().await {
+                    tracing::warn!(%error, "publishing at the memory hard limit failed");
+                }
+                let _ = tokio::task::spawn_blocking(admission::release_free_memory).await;
+            });
+        },
+    );
 
     // Replay happens before any export is accepted; the WAL tells the writer which batches come
     // from the old log (and may already be published).

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::stitch::EarlyStitch;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabel {
     pub protocol: &'static str,
@@ -24,6 +26,11 @@ pub struct OutcomeLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,7 +61,8 @@ pub struct Telemetry {
     buffered_spans: Gauge,
     inflight_bytes: Gauge,
     traces_stitched: Counter,
-    traces_stitched_early: Counter,
+    traces_stitched_early: Family<ReasonLabel, Counter>,
+    stitch_buffer_shed_bytes: Counter,
     late_spans: Counter,
     chains_stitched: Family<RevisionLabel, Counter>,
     stitch_buffer_spans: Gauge,
@@ -103,7 +111,8 @@ impl Telemetry {
             buffered_spans: Gauge::default(),
             inflight_bytes: Gauge::default(),
             traces_stitched: Counter::default(),
-            traces_stitched_early: Counter::default(),
+            traces_stitched_early: Family::default(),
+            stitch_buffer_shed_bytes: Counter::default(),
             late_spans: Counter::default(),
             chains_stitched: Family::default(),
             stitch_buffer_spans: Gauge::default(),
@@ -217,8 +226,13 @@ impl Telemetry {
         );
         registry.register(
             "traces_stitched_early",
-            "Traces stitched before their quiet window ended because the buffer was full",
+            "Traces stitched before their quiet window ended: the buffer was full (buffer_full) or memory neared the soft limit (memory_pressure)",
             t.traces_stitched_early.clone(),
+        );
+        registry.register(
+            "stitch_buffer_shed_bytes",
+            "Estimated bytes the stitch buffer gave back because memory in use neared receivers.memory_soft_limit_bytes",
+            t.stitch_buffer_shed_bytes.clone(),
         );
         registry.register(
             "late_spans",
@@ -424,9 +438,26 @@ impl Telemetry {
         self.traces_stitched.inc();
     }
 
-    pub fn trace_stitched_early(&self) {
-        tracing::debug!("stitch buffer full: stitching the oldest trace before its quiet window");
-        self.traces_stitched_early.inc();
+    pub fn trace_stitched_early(&self, why: EarlyStitch) {
+        tracing::debug!(
+            reason = why.label(),
+            "stitching the oldest trace before its quiet window"
+        );
+        self.traces_stitched_early
+            .get_or_create(&ReasonLabel {
+                reason: why.label(),
+            })
+            .inc();
+    }
+
+    /// The stitch buffer gave memory back because memory in use neared the soft limit.
+    pub fn stitch_buffer_shed(&self, asked_bytes: usize, freed_bytes: usize) {
+        tracing::debug!(
+            asked_bytes,
+            freed_bytes,
+            "memory near receivers.memory_soft_limit_bytes: the stitch buffer gave memory back"
+        );
+        self.stitch_buffer_shed_bytes.inc_by(freed_bytes as u64);
     }
 
     pub fn late_span(&self) {

@@ -13,6 +13,13 @@
 //! memory, the figure the kernel and container limits see: past it the writer publishes what
 //! it buffers and the allocator hands its free pages back (`malloc_trim`). Where `mallinfo2`
 //! does not exist (not glibc) both limits use resident memory.
+//!
+//! Refusing is the last resort. From [`SHED_FROM_PERCENT`] of the soft limit on, the monitor
+//! asks the stitch buffer — the one large consumer that would otherwise hold its memory until
+//! its traces go quiet — to give back enough to bring memory in use down to
+//! [`SHED_TO_PERCENT`], by stitching its oldest traces early. Without that, a burst that fills
+//! the buffer keeps memory over the soft limit for a whole quiet window, refusing every export
+//! meanwhile (BENCHMARKS.md, stop 14's burst).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +32,12 @@ use crate::telemetry::Telemetry;
 /// How often memory and WAL size are sampled. Between samples a burst can overshoot a limit by
 /// what arrives in this long.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// Share of the soft limit (percent) from which the stitch buffer is asked to give memory back.
+pub const SHED_FROM_PERCENT: u64 = 90;
+
+/// Share of the soft limit (percent) that memory in use is brought down to when shedding.
+pub const SHED_TO_PERCENT: u64 = 80;
 
 /// Least time between two forced publications at the hard limit.
 const FORCED_FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -70,13 +83,16 @@ impl Admission {
         Ok(())
     }
 
-    /// Samples memory and the WAL in `wal_dir` until the server stops; calls `publish_now`
-    /// (at most once a second) while resident memory is over the hard limit. `publish_now`
-    /// should call [`release_free_memory`] once the publication is done.
+    /// Samples memory and the WAL in `wal_dir` until the server stops. Each sample with memory
+    /// in use near the soft limit calls `shed_stitch_buffer` with the bytes to give back (see
+    /// the module notes); while resident memory is over the hard limit, `publish_now` is called
+    /// at most once a second, and should call [`release_free_memory`] once the publication is
+    /// done.
     pub fn spawn_monitor(
         self: &Arc<Self>,
         wal_dir: PathBuf,
         telemetry: Arc<Telemetry>,
+        shed_stitch_buffer: impl Fn(u64) + Send + 'static,
         publish_now: impl Fn() + Send + 'static,
     ) {
         let admission = Arc::downgrade(self);
@@ -105,6 +121,9 @@ impl Admission {
                 telemetry.set_resource_usage(resident, in_use, wal);
                 memory.observe(in_use, admission.memory_soft_limit, &telemetry);
                 wal_cap.observe(wal, admission.wal_max_bytes, &telemetry);
+                if let Some(excess) = admission.excess_to_shed(in_use) {
+                    shed_stitch_buffer(excess);
+                }
                 if over(resident, admission.memory_hard_limit)
                     && last_forced.is_none_or(|t| t.elapsed() >= FORCED_FLUSH_EVERY)
                 {
@@ -114,6 +133,16 @@ impl Admission {
                 }
             }
         });
+    }
+}
+
+impl Admission {
+    /// Bytes to give back for memory in use to fall to [`SHED_TO_PERCENT`] of the soft limit,
+    /// once it has reached [`SHED_FROM_PERCENT`] of it; `None` below that or with the limit off.
+    fn excess_to_shed(&self, in_use: u64) -> Option<u64> {
+        let soft = self.memory_soft_limit;
+        let share = |percent: u64| soft / 100 * percent + soft % 100 * percent / 100;
+        (soft > 0 && in_use >= share(SHED_FROM_PERCENT)).then(|| in_use - share(SHED_TO_PERCENT))
     }
 }
 
@@ -201,6 +230,22 @@ mod tests {
         off.in_use_bytes.store(u64::MAX, Ordering::Relaxed);
         off.wal_bytes.store(u64::MAX, Ordering::Relaxed);
         assert!(off.check().is_ok());
+    }
+
+    #[test]
+    fn memory_near_the_soft_limit_asks_the_stitch_buffer_for_what_brings_it_to_80_percent() {
+        let admission = Admission::new(1000, 2000, 0);
+        assert_eq!(admission.excess_to_shed(0), None);
+        assert_eq!(admission.excess_to_shed(899), None);
+        assert_eq!(admission.excess_to_shed(900), Some(100));
+        assert_eq!(admission.excess_to_shed(1500), Some(700));
+        assert_eq!(Admission::new(0, 0, 0).excess_to_shed(u64::MAX), None);
+        // No overflow at the top of the range.
+        let huge = Admission::new(u64::MAX, 0, 0);
+        assert_eq!(
+            huge.excess_to_shed(u64::MAX),
+            Some(u64::MAX - (u64::MAX / 100 * 80 + u64::MAX % 100 * 80 / 100))
+        );
     }
 
     #[test]

@@ -26,6 +26,25 @@ use crate::record::SpanBatch;
 use crate::telemetry::Telemetry;
 use crate::wal::WalPosition;
 
+/// Why a trace was stitched before its quiet window ended (a label of
+/// `idtrail_traces_stitched_early`).
+#[derive(Clone, Copy, Debug)]
+pub enum EarlyStitch {
+    /// The buffer reached `stitcher.max_buffer_bytes`.
+    BufferFull,
+    /// The process's memory in use neared `receivers.memory_soft_limit_bytes`.
+    MemoryPressure,
+}
+
+impl EarlyStitch {
+    pub fn label(self) -> &'static str {
+        match self {
+            EarlyStitch::BufferFull => "buffer_full",
+            EarlyStitch::MemoryPressure => "memory_pressure",
+        }
+    }
+}
+
 /// What stitching produced since the last flush.
 #[derive(Default)]
 pub struct Stitched {
@@ -155,7 +174,7 @@ impl TraceBuffer {
             self.add(row.trace_id, span, position, replayed, now);
         }
         self.telemetry
-            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
+            .set_stitch_buffer(self.open_spans, self.buffered_bytes());
     }
 
     fn add(
@@ -242,18 +261,59 @@ impl TraceBuffer {
             self.retained_order.pop_front();
             self.forget_retained(id, at);
         }
-        while self.open_bytes + self.retained_bytes > self.config.max_buffer_bytes {
+        self.shrink_to(
+            self.config.buffer_cap(),
+            EarlyStitch::BufferFull,
+            now,
+            published,
+        );
+        self.telemetry
+            .set_stitch_buffer(self.open_spans, self.buffered_bytes());
+    }
+
+    /// Gives back about `bytes` (estimated) now, because the process's memory in use nears
+    /// its soft limit: forgets retained traces first, then stitches the oldest open traces
+    /// early. Returns the estimated bytes freed.
+    pub fn shed(
+        &mut self,
+        bytes: usize,
+        now: Instant,
+        published: &mut dyn PublishedCheck,
+    ) -> usize {
+        let before = self.buffered_bytes();
+        self.shrink_to(
+            before.saturating_sub(bytes),
+            EarlyStitch::MemoryPressure,
+            now,
+            published,
+        );
+        self.telemetry
+            .set_stitch_buffer(self.open_spans, self.buffered_bytes());
+        before - self.buffered_bytes()
+    }
+
+    /// Estimated bytes of open and retained traces.
+    pub fn buffered_bytes(&self) -> usize {
+        self.open_bytes + self.retained_bytes
+    }
+
+    fn shrink_to(
+        &mut self,
+        target: usize,
+        why: EarlyStitch,
+        now: Instant,
+        published: &mut dyn PublishedCheck,
+    ) {
+        while self.buffered_bytes() > target {
             if let Some((at, id)) = self.retained_order.pop_front() {
                 self.forget_retained(id, at);
             } else if !self.by_last.is_empty() {
-                self.telemetry.trace_stitched_early();
+                self.telemetry.trace_stitched_early(why);
                 self.stitch_oldest(now, published);
             } else {
                 break;
             }
         }
-        self.telemetry
-            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
     }
 
     /// Stitches every open trace now (restitch, tests).
@@ -262,7 +322,7 @@ impl TraceBuffer {
             self.stitch_oldest(now, published);
         }
         self.telemetry
-            .set_stitch_buffer(self.open_spans, self.open_bytes + self.retained_bytes);
+            .set_stitch_buffer(self.open_spans, self.buffered_bytes());
     }
 
     /// The oldest WAL position an open trace still needs: the WAL must not be checkpointed past
@@ -436,7 +496,7 @@ mod tests {
             .estimated_bytes();
         let mut b = buffer(StitcherConfig {
             quiet_window: Duration::from_secs(3600),
-            max_buffer_bytes: one_span * 2,
+            max_buffer_bytes: Some(one_span * 2),
             late_window: Duration::ZERO,
             ..Default::default()
         });

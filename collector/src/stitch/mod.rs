@@ -23,6 +23,6 @@ pub mod rebuild;
 pub mod span;
 pub mod trace;
 
-pub use buffer::{PublishedCheck, Stitched, TraceBuffer};
+pub use buffer::{EarlyStitch, PublishedCheck, Stitched, TraceBuffer};
 pub use chain::ChainRow;
 pub use edges::EdgeRow;

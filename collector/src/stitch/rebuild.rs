@@ -135,7 +135,7 @@ pub fn rebuild(
         kept_by_newest: BTreeSet::new(),
         open_bytes: 0,
         kept_bytes: 0,
-        max_bytes: config.stitcher.max_buffer_bytes,
+        max_bytes: config.stitcher.buffer_cap(),
         chains: BTreeMap::new(),
         edges: BTreeMap::new(),
         interner: Interner::default(),
@@ -840,7 +840,7 @@ mod tests {
         );
 
         let mut tiny = config(data);
-        tiny.stitcher.max_buffer_bytes = 1;
+        tiny.stitcher.max_buffer_bytes = Some(1);
         let bounded = rebuild(&tiny, None, &mut ()).unwrap();
         assert_eq!(bounded.traces_split, 2);
         assert_eq!(bounded.chains, 1);

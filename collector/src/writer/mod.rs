@@ -16,6 +16,7 @@ pub mod spans_batch;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -53,12 +54,16 @@ enum Message {
         replayed: bool,
     },
     Flush(oneshot::Sender<Result<()>>),
+    /// Look at the shed request now: the writer may be idle, waiting for a deadline.
+    Wake,
 }
 
 /// Sends durable batches to the writer thread. Cloneable; the thread stops when all are gone.
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: SyncSender<Message>,
+    /// Bytes the stitch buffer is asked to give back; 0 when nothing is asked.
+    shed_request: Arc<AtomicUsize>,
 }
 
 impl WriterHandle {
@@ -85,6 +90,16 @@ impl WriterHandle {
             .map_err(|_| Error::ShuttingDown)?
             .map_err(|_| Error::ShuttingDown)?;
         done.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Asks the stitch buffer to give back about `bytes` because memory in use nears the soft
+    /// limit. Never blocks: a newer request replaces one not yet taken (it is measured later),
+    /// and a wake-up is queued only when none is pending, so a writer busy with batches (which
+    /// takes the request after each) is not handed a pile of them.
+    pub fn shed_stitch_buffer(&self, bytes: usize) {
+        if bytes > 0 && self.shed_request.swap(bytes, Ordering::AcqRel) == 0 {
+            let _ = self.tx.try_send(Message::Wake);
+        }
     }
 }
 
@@ -120,6 +135,8 @@ pub struct SpanWriter {
     published: PublishedEnds,
     /// The trace buffer, when stitching is on: it sees what the writer keeps.
     stitcher: Option<TraceBuffer>,
+    /// Shared with every [`WriterHandle`]: see [`WriterHandle::shed_stitch_buffer`].
+    shed_request: Arc<AtomicUsize>,
     publish_to: PublishTo,
 }
 
@@ -190,6 +207,7 @@ impl SpanWriter {
             buffered_rows: 0,
             oldest: None,
             last_position: None,
+            shed_request: Arc::new(AtomicUsize::new(0)),
             publish_to: PublishTo::Inline(Box::new(publisher)),
         })
     }
@@ -206,11 +224,12 @@ impl SpanWriter {
             self.publish_to = PublishTo::Thread { jobs, thread };
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(queue);
+        let shed_request = self.shed_request.clone();
         let thread = std::thread::Builder::new()
             .name("idtrail-writer".into())
             .spawn(move || self.run(rx))
             .map_err(|e| Error::io("starting the writer thread", e))?;
-        Ok((WriterHandle { tx }, thread))
+        Ok((WriterHandle { tx, shed_request }, thread))
     }
 
     fn run(mut self, rx: Receiver<Message>) {
@@ -223,6 +242,11 @@ impl SpanWriter {
             };
             let received = rx.recv_timeout(wait);
             if let Some(stitcher) = &mut self.stitcher {
+                let shed = self.shed_request.swap(0, Ordering::AcqRel);
+                if shed > 0 {
+                    let freed = stitcher.shed(shed, Instant::now(), &mut self.published);
+                    self.telemetry.stitch_buffer_shed(shed, freed);
+                }
                 stitcher.expire(Instant::now(), &mut self.published);
                 if self.oldest.is_none() && !stitcher.out.is_empty() {
                     // Chains and edges become visible within one file age, like spans.
@@ -241,6 +265,7 @@ impl SpanWriter {
                     }
                 }
                 Ok(Message::Flush(reply)) => self.submit(Some(reply)),
+                Ok(Message::Wake) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     if self
                         .oldest
@@ -790,6 +815,70 @@ mod tests {
         assert!(
             !wal_dir.join(format!("{:020}.wal", 1)).exists(),
             "once stitched, the segment goes"
+        );
+        drop(handle);
+        thread.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_asked_to_shed_stitches_its_open_traces_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        for seq in [1, 2] {
+            std::fs::write(wal_dir.join(format!("{seq:020}.wal")), b"IDTWAL01").unwrap();
+        }
+        // Quiet for an hour: only shedding can stitch the trace within this test.
+        let stitcher = StitcherConfig {
+            quiet_window: Duration::from_secs(3600),
+            late_window: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let telemetry = Arc::new(Telemetry::new());
+        let writer = SpanWriter::new(
+            Arc::new(LocalDirSink::new(dir.path(), "w")),
+            wal_dir.clone(),
+            &WriterConfig::default(),
+            &DedupConfig::default(),
+            &stitcher,
+            telemetry.clone(),
+        )
+        .unwrap();
+        let (handle, thread) = writer.spawn(4).unwrap();
+        handle.durable(batch(1, 3), pos(100), false);
+        handle.durable(
+            batch(9, 0),
+            WalPosition {
+                segment: 2,
+                offset: 10,
+            },
+            false,
+        );
+        handle.flush().await.unwrap();
+        let first_segment = wal_dir.join(format!("{:020}.wal", 1));
+        assert!(first_segment.exists(), "the open trace holds segment 1");
+
+        assert!(telemetry.encode().contains("idtrail_stitch_buffer_spans 3"));
+
+        // The writer now waits for an hour-long deadline: the request alone must wake it.
+        handle.shed_stitch_buffer(usize::MAX);
+        let shed = "idtrail_traces_stitched_early_total{reason=\"memory_pressure\"} 1";
+        for _ in 0..100 {
+            if telemetry.encode().contains(shed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let metrics = telemetry.encode();
+        assert!(metrics.contains(shed), "{metrics}");
+        assert!(
+            metrics.contains("idtrail_stitch_buffer_spans 0"),
+            "{metrics}"
+        );
+        handle.flush().await.unwrap();
+        assert!(
+            !first_segment.exists(),
+            "shed: the trace is stitched (and forgotten), so its segment goes"
         );
         drop(handle);
         thread.join().unwrap();
