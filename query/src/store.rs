@@ -83,19 +83,26 @@ impl TableStore {
             ObjectStoreScheme::parse(&url).map_err(|e| refused(format!("not a store URL: {e}")))?;
         let prefix =
             ObjectPath::parse(path).map_err(|e| refused(format!("not a store prefix: {e}")))?;
-        let built = match scheme {
-            ObjectStoreScheme::AmazonS3 => AmazonS3Builder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            ObjectStoreScheme::GoogleCloudStorage => GoogleCloudStorageBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
-            ObjectStoreScheme::MicrosoftAzure => MicrosoftAzureBuilder::from_env()
-                .with_url(url.as_str())
-                .build()
-                .map(|s| Arc::new(s) as Arc<dyn ObjectStore>),
+        let opening = |e| QueryError::storage(format!("opening {url}"), e);
+        let store: Arc<dyn ObjectStore> = match scheme {
+            ObjectStoreScheme::AmazonS3 => Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(opening)?,
+            ),
+            ObjectStoreScheme::GoogleCloudStorage => Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(opening)?,
+            ),
+            ObjectStoreScheme::MicrosoftAzure => Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url.as_str())
+                    .build()
+                    .map_err(opening)?,
+            ),
             other => {
                 return Err(refused(format!(
                     "{other:?} is not a table store; use s3://, gs://, az:// (or abfss://) or a \
@@ -103,7 +110,6 @@ impl TableStore {
                 )));
             }
         };
-        let store = built.map_err(|e| QueryError::storage(format!("opening {url}"), e))?;
         Ok(TableStore { url, store, prefix })
     }
 
