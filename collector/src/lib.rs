@@ -21,6 +21,16 @@ pub mod writer;
 
 pub use config::Config;
 
+/// jemalloc, installed here rather than by each binary because admission control reads its
+/// statistics (`receiver/admission.rs`), so every program running a collector — the CLI and
+/// the in-process test servers alike — must allocate through it. It replaced glibc's
+/// allocator, whose only count of bytes in use (`mallinfo2`) walks every free chunk under the
+/// arena locks: on the fragmented heap of a full-load run that took seconds per sample and
+/// stalled every allocating thread (BENCHMARKS.md, stop 15).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Arms the failpoints named in `FAILPOINTS` (`name=action;…`, see the `fail` crate), in builds
 /// with the `failpoints` feature; does nothing otherwise. Called once at start-up.
 pub fn arm_failpoints_from_env() {

@@ -7,12 +7,13 @@
 //! acknowledged is touched.
 //!
 //! Two measures, because one cannot serve both limits. The soft limit compares the
-//! allocator's bytes in use (glibc's `mallinfo2`), which fall as soon as published buffers are
-//! freed; resident memory does not — glibc keeps freed pages — so a soft limit on it would
-//! refuse exports long after the data left, or for good. The hard limit compares resident
-//! memory, the figure the kernel and container limits see: past it the writer publishes what
-//! it buffers and the allocator hands its free pages back (`malloc_trim`). Where `mallinfo2`
-//! does not exist (not glibc) both limits use resident memory.
+//! allocator's bytes in use (jemalloc's `stats.allocated`, see `lib.rs`), which fall as soon as
+//! published buffers are freed; resident memory lags — freed pages go back to the kernel only
+//! after jemalloc's decay — so a soft limit on it would refuse exports after the data left.
+//! The hard limit compares resident memory, the figure the kernel and container limits see:
+//! past it the writer publishes what it buffers and the allocator hands its free pages back at
+//! once (`arena.<all>.purge`). Without jemalloc (the `jemalloc` feature off) both limits use
+//! resident memory.
 //!
 //! Refusing is the last resort. From [`SHED_FROM_PERCENT`] of the soft limit on, the monitor
 //! asks the stitch buffer — the one large consumer that would otherwise hold its memory until
@@ -171,28 +172,35 @@ fn over(value: u64, limit: u64) -> bool {
     limit > 0 && value >= limit
 }
 
-/// Bytes the allocator has handed out and not had back: glibc's in-use chunks in every arena
-/// plus its mmapped blocks.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Bytes the allocator has handed out and not had back (jemalloc's `stats.allocated`, refreshed
+/// by advancing its epoch: a read of per-arena counters, no walk of the heap).
+#[cfg(feature = "jemalloc")]
 fn allocated_bytes() -> Option<u64> {
-    // SAFETY: mallinfo2 takes no arguments and only reads allocator state under its own
-    // locks; glibc has had it since 2.33.
-    let info = unsafe { libc::mallinfo2() };
-    Some((info.uordblks + info.hblkhd) as u64)
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read()
+        .ok()
+        .map(|b| b as u64)
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(feature = "jemalloc"))]
 fn allocated_bytes() -> Option<u64> {
     None
 }
 
-/// Hands the allocator's free pages back to the system, so resident memory follows what was
-/// freed (glibc keeps them otherwise). A no-op elsewhere.
+/// Hands the allocator's free pages back to the system now, so resident memory follows what
+/// was freed without waiting for jemalloc's decay. A no-op without jemalloc.
 pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free memory to the kernel, under the allocator's locks.
+    #[cfg(feature = "jemalloc")]
+    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes and returns no value (null pointers,
+    // zero length) and only returns unused dirty pages of every arena to the kernel.
     unsafe {
-        libc::malloc_trim(0);
+        tikv_jemalloc_sys::mallctl(
+            c"arena.4096.purge".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        );
     }
 }
 
