@@ -771,32 +771,30 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn an_open_trace_holds_the_checkpoint_back_until_it_is_stitched() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
+    /// A writer over a WAL directory holding segments 1 and 2, handed trace 1's three spans
+    /// (in segment 1) and then an empty batch (in segment 2), so only an open trace holds
+    /// segment 1 back from a checkpoint.
+    fn writer_over_two_segments(
+        dir: &std::path::Path,
+        stitcher: &StitcherConfig,
+    ) -> (WriterHandle, JoinHandle<()>, PathBuf, Arc<Telemetry>) {
+        let wal_dir = dir.join("wal");
         std::fs::create_dir_all(&wal_dir).unwrap();
         for seq in [1, 2] {
             std::fs::write(wal_dir.join(format!("{seq:020}.wal")), b"IDTWAL01").unwrap();
         }
-        let stitcher = StitcherConfig {
-            quiet_window: Duration::from_millis(300),
-            ..Default::default()
-        };
-        let writer = writer_with(
-            Arc::new(LocalDirSink::new(dir.path(), "w")),
+        let telemetry = Arc::new(Telemetry::new());
+        let writer = SpanWriter::new(
+            Arc::new(LocalDirSink::new(dir, "w")),
             wal_dir.clone(),
-            &stitcher,
-        );
+            &WriterConfig::default(),
+            &DedupConfig::default(),
+            stitcher,
+            telemetry.clone(),
+        )
+        .unwrap();
         let (handle, thread) = writer.spawn(4).unwrap();
-        handle.durable(
-            batch(1, 3),
-            WalPosition {
-                segment: 1,
-                offset: 100,
-            },
-            false,
-        );
+        handle.durable(batch(1, 3), pos(100), false);
         handle.durable(
             batch(9, 0),
             WalPosition {
@@ -805,6 +803,17 @@ mod tests {
             },
             false,
         );
+        (handle, thread, wal_dir, telemetry)
+    }
+
+    #[tokio::test]
+    async fn an_open_trace_holds_the_checkpoint_back_until_it_is_stitched() {
+        let dir = tempfile::tempdir().unwrap();
+        let stitcher = StitcherConfig {
+            quiet_window: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let (handle, thread, wal_dir, _) = writer_over_two_segments(dir.path(), &stitcher);
         handle.flush().await.unwrap();
         assert!(
             wal_dir.join(format!("{:020}.wal", 1)).exists(),
@@ -823,37 +832,13 @@ mod tests {
     #[tokio::test]
     async fn an_idle_writer_asked_to_shed_stitches_its_open_traces_at_once() {
         let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        std::fs::create_dir_all(&wal_dir).unwrap();
-        for seq in [1, 2] {
-            std::fs::write(wal_dir.join(format!("{seq:020}.wal")), b"IDTWAL01").unwrap();
-        }
         // Quiet for an hour: only shedding can stitch the trace within this test.
         let stitcher = StitcherConfig {
             quiet_window: Duration::from_secs(3600),
             late_window: Duration::from_secs(3600),
             ..Default::default()
         };
-        let telemetry = Arc::new(Telemetry::new());
-        let writer = SpanWriter::new(
-            Arc::new(LocalDirSink::new(dir.path(), "w")),
-            wal_dir.clone(),
-            &WriterConfig::default(),
-            &DedupConfig::default(),
-            &stitcher,
-            telemetry.clone(),
-        )
-        .unwrap();
-        let (handle, thread) = writer.spawn(4).unwrap();
-        handle.durable(batch(1, 3), pos(100), false);
-        handle.durable(
-            batch(9, 0),
-            WalPosition {
-                segment: 2,
-                offset: 10,
-            },
-            false,
-        );
+        let (handle, thread, wal_dir, telemetry) = writer_over_two_segments(dir.path(), &stitcher);
         handle.flush().await.unwrap();
         let first_segment = wal_dir.join(format!("{:020}.wal", 1));
         assert!(first_segment.exists(), "the open trace holds segment 1");
