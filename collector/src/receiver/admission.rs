@@ -135,9 +135,7 @@ impl Admission {
             }
         });
     }
-}
 
-impl Admission {
     /// Bytes to give back for memory in use to fall to [`SHED_TO_PERCENT`] of the soft limit,
     /// once it has reached [`SHED_FROM_PERCENT`] of it; `None` below that or with the limit off.
     fn excess_to_shed(&self, in_use: u64) -> Option<u64> {
