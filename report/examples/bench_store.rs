@@ -4,8 +4,9 @@
 //! cache is as the machine left it) and warm (median of 5 repeats on the same engine).
 //!
 //! ```sh
-//! cargo run --release -p idtrail-report --example bench_store -- DATA_DIR
+//! cargo run --release -p idtrail-report --example bench_store -- DATA_DIR [--queries-only]
 //! ```
+//! `--queries-only` stops after the query table (reports and findings take minutes).
 //! `scripts/bench-query` fills a data directory with `idtrail gen` first.
 
 use std::path::{Path, PathBuf};
@@ -119,10 +120,13 @@ fn median(mut times: Vec<Duration>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let data_dir: PathBuf = std::env::args()
-        .nth(1)
-        .expect("usage: bench_store DATA_DIR")
-        .into();
+    let usage = "usage: bench_store DATA_DIR [--queries-only]";
+    let data_dir: PathBuf = std::env::args().nth(1).expect(usage).into();
+    let queries_only = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("--queries-only") => true,
+        Some(_) => panic!("{usage}"),
+    };
     let setup = QueryEngine::new(options(&data_dir)).await.expect("engine");
 
     let totals = first_value(
@@ -205,6 +209,9 @@ async fn main() {
         );
     }
     println!();
+    if queries_only {
+        return;
+    }
 
     println!("| question | rows | cold ms | warm ms (median of 5) | target ms |");
     println!("|---|---:|---:|---:|---:|");

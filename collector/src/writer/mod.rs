@@ -241,8 +241,10 @@ impl SpanWriter {
                 None => Duration::from_secs(3600),
             };
             let received = rx.recv_timeout(wait);
+            // Taken even with the stitcher off, so a request never stays pending (which would
+            // keep later ones from queueing their wake-up).
+            let shed = self.shed_request.swap(0, Ordering::AcqRel);
             if let Some(stitcher) = &mut self.stitcher {
-                let shed = self.shed_request.swap(0, Ordering::AcqRel);
                 if shed > 0 {
                     let freed = stitcher.shed(shed, Instant::now(), &mut self.published);
                     self.telemetry.stitch_buffer_shed(shed, freed);
@@ -662,6 +664,58 @@ mod tests {
             footer_value(&newest, idtrail_schemas::SCHEMA_VERSION_KEY).as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn spans_files_keep_each_credential_together_in_time_order_with_the_rest_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let t0 = 1_795_355_100_000_000_000;
+        // (span, credential, start offset): arrival order mixes credentials and times.
+        let arrivals = [
+            (1, Some("kb:2"), 5),
+            (2, None, 1),
+            (3, Some("ka:1"), 9),
+            (4, Some("kb:2"), 2),
+            (5, None, 0),
+            (6, Some("ka:1"), 3),
+        ];
+        let spans = arrivals
+            .iter()
+            .map(|&(i, fingerprint, offset)| SpanRow {
+                trace_id: [1; 16],
+                span_id: [i; 8],
+                start_time: t0 + offset,
+                end_time: t0 + offset + 1,
+                credential: fingerprint.map(|f: &str| crate::record::Credential {
+                    fingerprint: f.to_string(),
+                    kind: crate::record::CredentialKind::Bearer,
+                    attribute: "http.request.header.authorization".into(),
+                }),
+                ..Default::default()
+            })
+            .collect();
+        let header = Default::default();
+        w.accept(SpanBatch { header, spans }, pos(100), false);
+        w.flush().unwrap();
+
+        let partition = Partition::of_nanos(t0);
+        let file = w.sink.list(spans::TABLE, &partition).unwrap()[0].clone();
+        let bytes = w.sink.read(spans::TABLE, &partition, &file.name).unwrap();
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let schema = reader.schema().clone();
+        let declared: Vec<String> = reader.metadata().row_group(0).sorting_columns().unwrap()
+            .iter()
+            .map(|c| schema.field(c.column_idx as usize).name().clone())
+            .collect();
+        assert_eq!(declared, ["credential_fp", "start_time"]);
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let span_ids = batch.column_by_name("span_id").unwrap();
+        let span_ids = span_ids.as_any().downcast_ref::<StringArray>().unwrap();
+        let order: Vec<&str> = span_ids.iter().map(|s| &s.unwrap()[..2]).collect();
+        // ka:1 (times 3, 9), kb:2 (2, 5), then no credential (0, 1).
+        assert_eq!(order, ["06", "03", "04", "01", "05", "02"]);
     }
 
     /// Fails publications while `failing` is set, otherwise writes to a local directory.

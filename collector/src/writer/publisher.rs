@@ -54,6 +54,8 @@ pub struct Publisher {
     sink: Arc<dyn TableSink>,
     wal_dir: PathBuf,
     properties: WriterProperties,
+    /// See [`WriterConfig::cluster_spans_by_credential`].
+    cluster_by_credential: bool,
     chains_properties: WriterProperties,
     edges_properties: WriterProperties,
     telemetry: Arc<Telemetry>,
@@ -74,10 +76,15 @@ impl Publisher {
                 config,
                 writer_id,
                 &spans::schema(),
-                spans::col::START_TIME,
+                if config.cluster_spans_by_credential {
+                    &[spans::col::CREDENTIAL_FP, spans::col::START_TIME]
+                } else {
+                    &[spans::col::START_TIME]
+                },
                 &config.bloom_filter_columns,
                 SPANS_COLUMN_ENCODINGS,
             )?,
+            cluster_by_credential: config.cluster_spans_by_credential,
             chains_properties: chains_properties(config, writer_id)?,
             edges_properties: edges_properties(config, writer_id)?,
             sink,
@@ -177,8 +184,20 @@ impl Publisher {
         for (b, batch) in buffer.batches.iter().enumerate() {
             order.extend((0..batch.spans.len() as u32).map(|i| (b as u32, i)));
         }
-        let start = |&(b, i): &(u32, u32)| buffer.batches[b as usize].spans[i as usize].start_time;
-        order.sort_by_key(start);
+        let span = move |(b, i): (u32, u32)| &buffer.batches[b as usize].spans[i as usize];
+        if self.cluster_by_credential {
+            // Nulls last, as the file's declared sorting columns say.
+            order.sort_unstable_by(|&a, &b| {
+                let key = |at| {
+                    let span = span(at);
+                    let fingerprint = span.credential.as_ref().map(|c| c.fingerprint.as_str());
+                    (fingerprint.is_none(), fingerprint, span.start_time)
+                };
+                key(a).cmp(&key(b))
+            });
+        } else {
+            order.sort_by_key(|&at| span(at).start_time);
+        }
         let batch = spans_batch::to_record_batch(&buffer.batches, &order)
             .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
         let footer = Some((WAL_END_KEY, wal_end.to_string()));
@@ -260,7 +279,7 @@ pub(crate) fn chains_properties(
         config,
         writer_id,
         &chains::schema(),
-        "time",
+        &["time"],
         &["trace_id".into(), "credential_fp".into()],
         &[],
     )
@@ -272,7 +291,7 @@ pub(crate) fn edges_properties(config: &WriterConfig, writer_id: &str) -> Result
         config,
         writer_id,
         &edges::schema(),
-        "first_seen",
+        &["first_seen"],
         &["src_id".into(), "dst_id".into()],
         &[],
     )
@@ -282,23 +301,29 @@ fn writer_properties(
     config: &WriterConfig,
     writer_id: &str,
     schema: &SchemaRef,
-    sorted_by: &str,
+    sorted_by: &[&str],
     bloom_filter_columns: &[String],
     column_encodings: &[(&str, Encoding)],
 ) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| Error::config(e.to_string()))?;
-    let sort_index = schema
-        .index_of(sorted_by)
-        .map_err(|e| Error::config(e.to_string()))?;
+    let sorting_columns = sorted_by
+        .iter()
+        .map(|column| {
+            let index = schema
+                .index_of(column)
+                .map_err(|e| Error::config(e.to_string()))?;
+            Ok(SortingColumn {
+                column_idx: index as i32,
+                descending: false,
+                nulls_first: false,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(vec![SortingColumn {
-            column_idx: sort_index as i32,
-            descending: false,
-            nulls_first: false,
-        }]))
+        .set_sorting_columns(Some(sorting_columns))
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
             KeyValue::new(WRITER_ID_KEY.to_string(), writer_id.to_string()),
