@@ -705,7 +705,11 @@ mod tests {
         let reader =
             parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         let schema = reader.schema().clone();
-        let declared: Vec<String> = reader.metadata().row_group(0).sorting_columns().unwrap()
+        let declared: Vec<String> = reader
+            .metadata()
+            .row_group(0)
+            .sorting_columns()
+            .unwrap()
             .iter()
             .map(|c| schema.field(c.column_idx as usize).name().clone())
             .collect();
