@@ -194,6 +194,11 @@ pub struct WriterConfig {
     pub max_buffer_bytes: usize,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// Rows per Parquet data page, at most (checked every 1024 rows). The page index keeps each
+    /// page's min and max, so a point lookup in a sorted column (one credential's spans) decodes
+    /// its page or two instead of the whole column chunk; smaller pages skip more but add a
+    /// page header and an index entry each.
+    pub page_rows: usize,
     /// zstd level of Parquet pages (1 fastest .. 22 smallest).
     pub zstd_level: i32,
     /// Columns of the spans table that get a Parquet bloom filter, for point lookups by id.
@@ -212,6 +217,7 @@ impl Default for WriterConfig {
             max_file_age: Duration::from_secs(8),
             max_buffer_bytes: 128 << 20,
             row_group_rows: 128 * 1024,
+            page_rows: 8 * 1024,
             zstd_level: 3,
             bloom_filter_columns: vec!["trace_id".into(), "credential_fp".into()],
             cluster_spans_by_credential: true,

@@ -722,6 +722,75 @@ mod tests {
         assert_eq!(order, ["06", "03", "04", "01", "05", "02"]);
     }
 
+    #[test]
+    fn spans_files_split_a_credential_column_into_pages_the_page_index_can_skip() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path());
+        let t0 = 1_795_355_100_000_000_000;
+        // 20,000 spans of 40 credentials, interleaved on arrival.
+        let spans = (0..20_000u32)
+            .map(|i| SpanRow {
+                trace_id: [1; 16],
+                span_id: (u64::from(i) + 1).to_be_bytes(),
+                start_time: t0 + i64::from(i),
+                end_time: t0 + i64::from(i) + 1,
+                credential: Some(crate::record::Credential {
+                    fingerprint: format!("k{:02}", i % 40),
+                    kind: crate::record::CredentialKind::Bearer,
+                    attribute: "http.request.header.authorization".into(),
+                }),
+                attributes: vec![("k".into(), "v".into())],
+                ..Default::default()
+            })
+            .collect();
+        w.accept(
+            SpanBatch {
+                header: Default::default(),
+                spans,
+            },
+            pos(100),
+            false,
+        );
+        w.flush().unwrap();
+
+        let partition = Partition::of_nanos(t0);
+        let file = w.sink.list(spans::TABLE, &partition).unwrap()[0].clone();
+        let bytes = w.sink.read(spans::TABLE, &partition, &file.name).unwrap();
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required);
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).unwrap();
+        let metadata = reader.metadata();
+        let row_group = metadata.row_group(0);
+        let column = |name: &str| {
+            (0..row_group.num_columns())
+                .find(|&c| row_group.column(c).column_path().string() == name)
+                .unwrap()
+        };
+        let fingerprint = column("credential_fp");
+        let pages = &metadata.offset_index().unwrap()[0][fingerprint].page_locations;
+        // Pages of at most 8192 rows (checked every 1024): three of them here.
+        assert_eq!(pages.len(), 3, "{pages:?}");
+        // Sorted by credential, each page covers a narrow run of credentials, in order.
+        let parquet::file::page_index::column_index::ColumnIndexMetaData::BYTE_ARRAY(index) =
+            &metadata.column_index().unwrap()[0][fingerprint]
+        else {
+            panic!("credential_fp has a byte-array column index")
+        };
+        let bounds: Vec<(String, String)> = (0..pages.len())
+            .map(|p| {
+                let text = |b: Option<&[u8]>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+                (text(index.min_value(p)), text(index.max_value(p)))
+            })
+            .collect();
+        assert_eq!(bounds[0].0, "k00");
+        assert_eq!(bounds[2].1, "k39");
+        assert!(bounds.windows(2).all(|w| w[0].1 <= w[1].0), "{bounds:?}");
+        // Map entries carry no statistics: nothing prunes on them, and planning merges them.
+        let attributes = row_group.column(column("attributes.entries.key"));
+        assert!(attributes.statistics().is_none());
+        assert!(row_group.column(fingerprint).statistics().is_some());
+    }
+
     /// Fails publications while `failing` is set, otherwise writes to a local directory.
     struct FlakySink {
         inner: LocalDirSink,

@@ -15,7 +15,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use idtrail_schemas::layout::Partition;
 use idtrail_schemas::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, chains, edges, spans};
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowSchemaConverter, ArrowWriter};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -322,12 +322,25 @@ fn writer_properties(
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(config.row_group_rows.max(1)))
+        .set_data_page_row_count_limit(config.page_rows.max(1))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting_columns))
         .set_key_value_metadata(Some(vec![
             KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string()),
             KeyValue::new(WRITER_ID_KEY.to_string(), writer_id.to_string()),
         ]));
+    // Lists and maps (scopes, links, attributes) get no statistics: no filter prunes on a min
+    // or max of list items or map entries, yet every query plan merges each file's statistics,
+    // and comparing nested values there was a fifth of a point lookup's planning time.
+    let parquet_schema = ArrowSchemaConverter::new()
+        .convert(schema)
+        .map_err(|e| Error::config(e.to_string()))?;
+    for column in parquet_schema.columns() {
+        if column.path().parts().len() > 1 {
+            builder = builder
+                .set_column_statistics_enabled(column.path().clone(), EnabledStatistics::None);
+        }
+    }
     for column in bloom_filter_columns {
         builder = builder.set_column_bloom_filter_enabled(ColumnPath::from(column.as_str()), true);
     }
