@@ -1,6 +1,7 @@
 //! Library side of the `idtrail` binary: the parts of the command line that are more than
 //! wiring. The pipeline itself lives in the workspace crates (`idtrail-collector`, …).
 
+pub mod compact;
 pub mod demo;
 pub mod export;
 pub mod findings;

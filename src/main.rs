@@ -30,6 +30,9 @@ enum Command {
     /// Rebuild the chains and edges tables from the stored spans (backfill, or after the
     /// stitcher changed). Refuses to run while a collector uses the data directory.
     Restitch(idtrail::restitch::RestitchArgs),
+    /// Merge the small files of closed hour partitions into a few large ones, as `serve` does
+    /// every `compaction.interval`. Safe beside a running collector and concurrent queries.
+    Compact(idtrail::compact::CompactArgs),
     /// Run SQL over the stored tables: one statement, a file of them, or an interactive
     /// prompt; locally (read-only, beside a running collector) or against `--server`.
     Query(idtrail::query::QueryArgs),
@@ -129,6 +132,11 @@ fn main() -> anyhow::Result<()> {
             let config = args.data.load()?;
             init_logging(&config);
             idtrail::restitch::run(&args, &config)?;
+        }
+        Command::Compact(args) => {
+            let config = args.data.load()?;
+            init_logging(&config);
+            idtrail::compact::run(&args, &config)?;
         }
         Command::Query(args) => std::process::exit(idtrail::query::run(args, &runtime)),
         Command::Findings(args) => std::process::exit(idtrail::findings::run(args, &runtime)),

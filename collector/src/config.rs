@@ -30,6 +30,8 @@ pub struct Config {
     pub wal: WalConfig,
     /// Parquet writer.
     pub writer: WriterConfig,
+    /// Merging a closed hour's small files into a few large ones.
+    pub compaction: CompactionConfig,
     /// Retry deduplication of (trace_id, span_id).
     pub dedup: DedupConfig,
     /// The trace buffer and the stitching of chains and edges.
@@ -55,6 +57,7 @@ impl Default for Config {
             receivers: ReceiversConfig::default(),
             wal: WalConfig::default(),
             writer: WriterConfig::default(),
+            compaction: CompactionConfig::default(),
             dedup: DedupConfig::default(),
             stitcher: StitcherConfig::default(),
             query: QueryConfig::default(),
@@ -221,6 +224,36 @@ impl Default for WriterConfig {
             zstd_level: 3,
             bloom_filter_columns: vec!["trace_id".into(), "credential_fp".into()],
             cluster_spans_by_credential: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Whether `serve` compacts in the background (`idtrail compact` runs a pass on demand
+    /// either way). A query pays a fixed cost per file, and a busy hour is published as
+    /// hundreds of files; merged, one credential's spans also sit together across the hour.
+    pub enabled: bool,
+    /// Time between two passes of `serve`'s compaction thread.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// An hour partition is compacted once it ended this long ago. Late spans may still land in
+    /// it afterwards (as new small files, merged by a later pass); this only keeps compaction
+    /// away from the hours still being written and read for deduplication.
+    #[serde(with = "humantime_serde")]
+    pub min_age: Duration,
+    /// Rows per compacted file, at most. Files of half this or more are left as they are.
+    pub target_rows: u64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: true,
+            interval: Duration::from_secs(300),
+            min_age: Duration::from_secs(3600),
+            target_rows: 1 << 20,
         }
     }
 }
@@ -631,6 +664,11 @@ impl Config {
         {
             return Err(Error::config(
                 "writer_id must be non-empty ASCII letters, digits or '_'",
+            ));
+        }
+        if self.compaction.interval.is_zero() || self.compaction.target_rows < 2 {
+            return Err(Error::config(
+                "compaction.interval must be above zero and compaction.target_rows at least 2",
             ));
         }
         if self.receivers.max_request_bytes > 256 << 20 {

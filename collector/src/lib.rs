@@ -7,6 +7,7 @@
 //! publishes spans, chains and edges as Parquet and checkpoints the WAL.
 
 pub mod auth;
+pub mod compact;
 pub mod config;
 pub mod error;
 pub mod extract;

@@ -207,6 +207,13 @@ pub async fn serve(
     );
 
     ingest.open(wal);
+    let compaction = config.compaction.enabled.then(|| {
+        tokio::spawn(crate::compact::run_periodically(
+            config.clone(),
+            telemetry.clone(),
+            stop_rx.clone(),
+        ))
+    });
     tracing::info!(grpc = %bound.grpc, http = %bound.http, data_dir = %config.data_dir.display(), "idtrail ready");
     on_bound(bound);
 
@@ -216,6 +223,9 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = grpc_task.await;
     let _ = http_task.await;
+    // A pass in progress finishes on its blocking thread or is cut short by the exit: either
+    // leaves every row visible exactly once.
+    drop(compaction);
     let closing = ingest.clone();
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
     writer_handle.flush().await?;

@@ -72,6 +72,9 @@ pub struct Telemetry {
     allocated_bytes: Gauge,
     wal_size_bytes: Gauge,
     memory_hard_limit_reached: Counter,
+    compaction_files_merged: Counter,
+    compaction_files_written: Counter,
+    compaction_failures: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +125,9 @@ impl Telemetry {
             allocated_bytes: Gauge::default(),
             wal_size_bytes: Gauge::default(),
             memory_hard_limit_reached: Counter::default(),
+            compaction_files_merged: Counter::default(),
+            compaction_files_written: Counter::default(),
+            compaction_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -279,6 +285,21 @@ impl Telemetry {
             "Times resident memory passed receivers.memory_hard_limit_bytes and forced a publication",
             t.memory_hard_limit_reached.clone(),
         );
+        registry.register(
+            "compaction_files_merged",
+            "Files removed by compaction: merged into a larger file, or left covered by a crash",
+            t.compaction_files_merged.clone(),
+        );
+        registry.register(
+            "compaction_files_written",
+            "Compacted files written",
+            t.compaction_files_written.clone(),
+        );
+        registry.register(
+            "compaction_failures",
+            "Compaction passes that failed (the files not yet replaced are kept)",
+            t.compaction_failures.clone(),
+        );
         Telemetry { registry, ..t }
     }
 
@@ -380,6 +401,29 @@ impl Telemetry {
         self.file_bytes_written
             .get_or_create(&label)
             .inc_by(bytes as u64);
+    }
+
+    pub fn compaction_finished(&self, summary: &crate::compact::Summary) {
+        if summary.files_merged > 0 || summary.leftovers_deleted > 0 {
+            tracing::info!(
+                partitions = summary.partitions,
+                files_merged = summary.files_merged,
+                files_written = summary.files_written,
+                rows = summary.rows,
+                leftovers_deleted = summary.leftovers_deleted,
+                seconds = summary.seconds,
+                "compacted closed hours"
+            );
+        }
+        self.compaction_files_merged
+            .inc_by((summary.files_merged + summary.leftovers_deleted) as u64);
+        self.compaction_files_written
+            .inc_by(summary.files_written as u64);
+    }
+
+    pub fn compaction_failed(&self, error: &crate::Error) {
+        tracing::warn!(%error, "a compaction pass failed; the files it had not replaced are kept");
+        self.compaction_failures.inc();
     }
 
     pub fn set_buffered_spans(&self, n: usize) {

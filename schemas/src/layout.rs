@@ -99,14 +99,100 @@ pub fn temp_file_name(writer_id: &str, seq: u64) -> String {
     format!(".{writer_id}-{seq:012}.parquet.tmp")
 }
 
-/// The sequence number of a published file of `writer_id`, or `None` for any other file.
+/// Name of a compacted file: `<writer-id>-<first>-<last>.parquet`. It holds every row of that
+/// writer's files in the partition whose sequence numbers lie in `first..=last`, and from the
+/// moment it is published it supersedes them (see [`retain_visible`]).
+pub fn compacted_file_name(writer_id: &str, first: u64, last: u64) -> String {
+    format!("{writer_id}-{first:012}-{last:012}.parquet")
+}
+
+/// Name of the hidden temp file a compaction writes before its rename.
+pub fn compacted_temp_file_name(writer_id: &str, first: u64, last: u64) -> String {
+    format!(".{writer_id}-{first:012}-{last:012}.parquet.tmp")
+}
+
+/// What a published file's name says: whose it is and which of its writer's sequence numbers
+/// it holds (one for a published file, a range for a compacted one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileSeqs<'a> {
+    pub writer_id: &'a str,
+    pub first: u64,
+    pub last: u64,
+}
+
+impl FileSeqs<'_> {
+    pub fn is_compacted(&self) -> bool {
+        self.first != self.last
+    }
+}
+
+/// Parses `<writer-id>-<seq>.parquet` and `<writer-id>-<first>-<last>.parquet`. A writer id
+/// has no `-` (the config allows letters, digits and `_`), so the split is unambiguous.
+pub fn parse_file_name(file_name: &str) -> Option<FileSeqs<'_>> {
+    if !is_published_name(file_name) {
+        return None;
+    }
+    let stem = file_name.strip_suffix(".parquet")?;
+    let mut parts = stem.split('-');
+    let writer_id = parts.next().filter(|w| !w.is_empty())?;
+    let first: u64 = parts.next()?.parse().ok()?;
+    let last: u64 = match parts.next() {
+        Some(last) => last.parse().ok()?,
+        None => first,
+    };
+    if parts.next().is_some() || last < first {
+        return None;
+    }
+    Some(FileSeqs {
+        writer_id,
+        first,
+        last,
+    })
+}
+
+/// The highest sequence number a published file of `writer_id` holds, or `None` for any other
+/// file. A new publication takes a number above it, so it is never superseded by a compacted
+/// file made before it.
 pub fn parse_file_seq(writer_id: &str, file_name: &str) -> Option<u64> {
-    file_name
-        .strip_prefix(writer_id)?
-        .strip_prefix('-')?
-        .strip_suffix(".parquet")?
-        .parse()
-        .ok()
+    parse_file_name(file_name)
+        .filter(|f| f.writer_id == writer_id)
+        .map(|f| f.last)
+}
+
+/// Keeps the files of one partition directory a reader should see: drops every file whose
+/// writer has another file there covering its sequence numbers (a compacted file supersedes
+/// its sources the moment it is renamed into place, before they are deleted, and after a crash
+/// in between). Names outside the layout are kept as they are. Every reader of the layout,
+/// the query engine's listings included, filters with this, so no row is ever seen twice.
+pub fn retain_visible<T>(files: &mut Vec<T>, name_of: impl Fn(&T) -> &str) {
+    // Per writer, ranges sorted by first ascending, then last descending: a range is covered
+    // exactly when an earlier one in that order reaches at least as far.
+    let mut ranges: Vec<(&str, u64, std::cmp::Reverse<u64>, usize)> = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            parse_file_name(name_of(f))
+                .map(|s| (s.writer_id, s.first, std::cmp::Reverse(s.last), i))
+        })
+        .collect();
+    if !ranges.iter().any(|r| r.1 != r.2.0) {
+        return; // no compacted file: nothing is superseded
+    }
+    ranges.sort_unstable();
+    let mut hidden = vec![false; files.len()];
+    let mut reach: Option<(&str, u64)> = None;
+    for &(writer, _, std::cmp::Reverse(last), index) in &ranges {
+        match reach {
+            Some((w, furthest)) if w == writer && last <= furthest => hidden[index] = true,
+            Some((w, furthest)) if w == writer => reach = Some((w, furthest.max(last))),
+            _ => reach = Some((writer, last)),
+        }
+    }
+    let mut index = 0;
+    files.retain(|_| {
+        index += 1;
+        !hidden[index - 1]
+    });
 }
 
 /// A half-open time range `[start, end)` in ns since the epoch.
@@ -124,8 +210,9 @@ impl TimeRange {
 }
 
 /// Published files of `table` under `data_dir`, in partition then name order, limited to the
-/// partitions overlapping `range` when one is given. Hidden files (publications in progress)
-/// and anything outside the `date=…/hour=…` layout are ignored.
+/// partitions overlapping `range` when one is given. Hidden files (publications in progress),
+/// files a compacted file supersedes and anything outside the `date=…/hour=…` layout are
+/// ignored.
 pub fn published_files(
     data_dir: &Path,
     table: &str,
@@ -146,12 +233,16 @@ pub fn published_files(
     partitions.sort();
     let mut files = Vec::new();
     for (_, dir) in partitions {
-        for path in read_dir_sorted(&dir)? {
-            let name = base_name(&path);
-            if is_published_name(&name) && path.is_file() {
-                files.push(path);
-            }
-        }
+        let mut published: Vec<(PathBuf, String)> = read_dir_sorted(&dir)?
+            .into_iter()
+            .map(|path| {
+                let name = base_name(&path);
+                (path, name)
+            })
+            .filter(|(path, name)| is_published_name(name) && path.is_file())
+            .collect();
+        retain_visible(&mut published, |(_, name)| name);
+        files.extend(published.into_iter().map(|(path, _)| path));
     }
     Ok(files)
 }
@@ -238,5 +329,94 @@ mod tests {
         assert_eq!(pruned.len(), 1);
         assert!(pruned[0].ends_with("hour=13/w-1.parquet"));
         assert!(published_files(root, "chains", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn file_names_parse_to_their_writer_and_sequence_numbers() {
+        let plain = file_name("w_1", 7);
+        let compacted = compacted_file_name("w_1", 7, 42);
+        assert_eq!(
+            parse_file_name(&plain),
+            Some(FileSeqs {
+                writer_id: "w_1",
+                first: 7,
+                last: 7
+            })
+        );
+        assert!(parse_file_name(&compacted).is_some_and(|f| f.is_compacted() && f.last == 42));
+        assert_eq!(parse_file_seq("w_1", &compacted), Some(42));
+        assert_eq!(parse_file_seq("w", &compacted), None);
+        for bad in [
+            "w-.parquet",
+            "-1.parquet",
+            "w-9-3.parquet",
+            "w-1-2-3.parquet",
+            ".w-1.parquet",
+            "w-1.parquet.tmp",
+        ] {
+            assert_eq!(parse_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_compacted_file_hides_exactly_the_files_it_covers() {
+        let mut names = vec![
+            "a-000000000001.parquet",
+            "a-000000000002.parquet",
+            "a-000000000003.parquet",
+            "a-000000000004.parquet",
+            "a-000000000001-000000000003.parquet",
+            "b-000000000002.parquet", // another writer's numbers are its own
+            "notes.parquet",          // outside the layout: kept
+        ];
+        retain_visible(&mut names, |n| n);
+        assert_eq!(
+            names,
+            vec![
+                "a-000000000004.parquet",
+                "a-000000000001-000000000003.parquet",
+                "b-000000000002.parquet",
+                "notes.parquet",
+            ]
+        );
+        // A later compaction over an earlier one and a newer file supersedes both.
+        let mut names = vec![
+            "a-000000000001-000000000003.parquet",
+            "a-000000000004.parquet",
+            "a-000000000001-000000000004.parquet",
+            "a-000000000005.parquet",
+        ];
+        retain_visible(&mut names, |n| n);
+        assert_eq!(
+            names,
+            vec![
+                "a-000000000001-000000000004.parquet",
+                "a-000000000005.parquet"
+            ]
+        );
+    }
+
+    #[test]
+    fn published_files_skip_what_a_compacted_file_supersedes() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("spans/date=2026-11-22/hour=13");
+        std::fs::create_dir_all(&hour).unwrap();
+        for name in [
+            file_name("w", 1),
+            file_name("w", 2),
+            compacted_file_name("w", 1, 2),
+            file_name("w", 3),
+        ] {
+            std::fs::write(hour.join(name), b"x").unwrap();
+        }
+        let names: Vec<String> = published_files(dir.path(), "spans", None)
+            .unwrap()
+            .iter()
+            .map(|p| base_name(p))
+            .collect();
+        assert_eq!(
+            names,
+            vec![compacted_file_name("w", 1, 2), file_name("w", 3)]
+        );
     }
 }

@@ -72,18 +72,7 @@ impl Publisher {
     ) -> Result<Publisher> {
         let writer_id = sink.writer_id();
         Ok(Publisher {
-            properties: writer_properties(
-                config,
-                writer_id,
-                &spans::schema(),
-                if config.cluster_spans_by_credential {
-                    &[spans::col::CREDENTIAL_FP, spans::col::START_TIME]
-                } else {
-                    &[spans::col::START_TIME]
-                },
-                &config.bloom_filter_columns,
-                SPANS_COLUMN_ENCODINGS,
-            )?,
+            properties: spans_properties(config, writer_id)?,
             cluster_by_credential: config.cluster_spans_by_credential,
             chains_properties: chains_properties(config, writer_id)?,
             edges_properties: edges_properties(config, writer_id)?,
@@ -269,6 +258,36 @@ const SPANS_COLUMN_ENCODINGS: &[(&str, Encoding)] = &[
     (spans::col::SPAN_ID, Encoding::DELTA_LENGTH_BYTE_ARRAY),
     ("parent_span_id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
 ];
+
+/// Properties of `spans` files (also those compaction writes).
+pub(crate) fn spans_properties(config: &WriterConfig, writer_id: &str) -> Result<WriterProperties> {
+    writer_properties(
+        config,
+        writer_id,
+        &spans::schema(),
+        if config.cluster_spans_by_credential {
+            &[spans::col::CREDENTIAL_FP, spans::col::START_TIME]
+        } else {
+            &[spans::col::START_TIME]
+        },
+        &config.bloom_filter_columns,
+        SPANS_COLUMN_ENCODINGS,
+    )
+}
+
+/// Properties of `table`'s files, as publication writes them.
+pub(crate) fn table_properties(
+    table: &str,
+    config: &WriterConfig,
+    writer_id: &str,
+) -> Result<WriterProperties> {
+    match table {
+        spans::TABLE => spans_properties(config, writer_id),
+        chains::TABLE => chains_properties(config, writer_id),
+        edges::TABLE => edges_properties(config, writer_id),
+        other => Err(Error::config(format!("no table named {other}"))),
+    }
+}
 
 /// Properties of `chains` files (also those `idtrail restitch` writes).
 pub(crate) fn chains_properties(

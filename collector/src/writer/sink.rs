@@ -26,7 +26,8 @@ pub trait TableSink: Send + Sync {
     fn publish(&self, table: &str, partition: &Partition, seq: u64, bytes: &[u8])
     -> Result<String>;
 
-    /// Files this writer published in `partition`.
+    /// Files this writer published in `partition` that readers see, oldest first (the last
+    /// holds the newest rows).
     fn list(&self, table: &str, partition: &Partition) -> Result<Vec<FileEntry>>;
 
     /// A published file's bytes.
@@ -171,7 +172,10 @@ impl TableSink for LocalDirSink {
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             files.push(FileEntry { name, modified });
         }
-        files.sort_by(|a, b| a.name.cmp(&b.name));
+        // In the order of the newest sequence number each holds (a compacted file sorts by name
+        // before the files published after it), without the files a compacted one supersedes.
+        layout::retain_visible(&mut files, |f| &f.name);
+        files.sort_by_key(|f| layout::parse_file_seq(&self.writer_id, &f.name));
         Ok(files)
     }
 

@@ -19,6 +19,9 @@ use url::Url;
 
 use crate::error::{QueryError, Result};
 
+mod visible;
+pub use visible::VisibleFilesStore;
+
 /// Whether `location` names an object store (`s3://…`) rather than a local directory.
 pub fn is_url(location: &Path) -> bool {
     parse_location(location).is_some_and(|url| url.scheme() != "file")
@@ -69,7 +72,7 @@ impl TableStore {
             .map_err(|e| QueryError::storage(format!("resolving {}", dir.display()), e))?;
         Ok(TableStore {
             url,
-            store: Arc::new(LocalFileSystem::new()),
+            store: Arc::new(VisibleFilesStore::new(Arc::new(LocalFileSystem::new()))),
             prefix,
         })
     }
@@ -110,7 +113,11 @@ impl TableStore {
                 )));
             }
         };
-        Ok(TableStore { url, store, prefix })
+        Ok(TableStore {
+            url,
+            store: Arc::new(VisibleFilesStore::new(store)),
+            prefix,
+        })
     }
 
     /// Makes the store reachable to DataFusion's listing tables under its URL.
