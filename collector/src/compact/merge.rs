@@ -169,15 +169,15 @@ pub fn merge_sorted(
         let cursor = &mut cursors[i];
         pending.push((cursor.slot, cursor.next));
         cursor.next += 1;
-        if cursor.next == cursor.rows {
-            if let Some(batch) = cursor.reader.next() {
-                let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
-                cursor.keys = keys_of(&batch)?;
-                cursor.next = 0;
-                cursor.rows = batch.num_rows();
-                cursor.slot = batches.len();
-                batches.push(batch);
-            }
+        if cursor.next == cursor.rows
+            && let Some(batch) = cursor.reader.next()
+        {
+            let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
+            cursor.keys = keys_of(&batch)?;
+            cursor.next = 0;
+            cursor.rows = batch.num_rows();
+            cursor.slot = batches.len();
+            batches.push(batch);
         }
         if pending.len() == OUTPUT_BATCH_ROWS {
             written += flush(
