@@ -238,9 +238,9 @@ pub struct CompactionConfig {
     /// Time between two passes of `serve`'s compaction thread.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// An hour partition is compacted once it ended this long ago. Late spans may still land in
-    /// it afterwards (as new small files, merged by a later pass); this only keeps compaction
-    /// away from the hours still being written and read for deduplication.
+    /// An hour partition is compacted once it ended this long ago: long enough for the spans
+    /// of its last minutes to go quiet and be stitched. Late spans may still land in it
+    /// afterwards (as new small files, merged by a later pass).
     #[serde(with = "humantime_serde")]
     pub min_age: Duration,
     /// Rows per compacted file, at most. Files of half this or more are left as they are.
@@ -252,7 +252,7 @@ impl Default for CompactionConfig {
         CompactionConfig {
             enabled: true,
             interval: Duration::from_secs(300),
-            min_age: Duration::from_secs(3600),
+            min_age: Duration::from_secs(600),
             target_rows: 1 << 20,
         }
     }

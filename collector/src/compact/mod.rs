@@ -77,12 +77,21 @@ pub fn lock(data_dir: &Path) -> Result<File> {
 /// Compacts every hour partition of `spans`, `chains` and `edges` that ended at least
 /// `compaction.min_age` before `now`, for this config's writer. Takes the compaction lock.
 pub fn compact(config: &Config, now: SystemTime) -> Result<Summary> {
-    let _lock = lock(&config.data_dir)?;
-    let started = Instant::now();
     let now_nanos = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i64);
-    let closed_before = now_nanos.saturating_sub(config.compaction.min_age.as_nanos() as i64);
+    compact_hours_ending_by(
+        config,
+        now_nanos.saturating_sub(config.compaction.min_age.as_nanos() as i64),
+    )
+}
+
+/// Compacts the hour partitions that end by `closed_before` (ns since the epoch; `i64::MAX`
+/// takes the hours still being written too: safe, since a later publication is never covered,
+/// but their later files wait for another pass). Takes the compaction lock.
+pub fn compact_hours_ending_by(config: &Config, closed_before: i64) -> Result<Summary> {
+    let _lock = lock(&config.data_dir)?;
+    let started = Instant::now();
     let mut summary = Summary::default();
     for table in [spans::TABLE, chains::TABLE, edges::TABLE] {
         for (partition, dir) in partitions(&config.data_dir.join(table))? {
