@@ -91,6 +91,38 @@ fn config_for(data_dir: &Path) -> Config {
     .expect("config")
 }
 
+async fn engine_for(data_dir: &Path) -> QueryEngine {
+    QueryEngine::new(QueryOptions {
+        data_dir: data_dir.to_path_buf(),
+        memory_limit_bytes: 256 << 20,
+        timeout: Duration::from_secs(60),
+        owners_files: Vec::new(),
+        grants_files: Vec::new(),
+        rules_dirs: Vec::new(),
+    })
+    .await
+    .expect("engine")
+}
+
+/// What the `orders-api` workload reaches through the lineage graph, with how often each edge
+/// was seen.
+async fn reach_of(engine: &QueryEngine) -> Vec<String> {
+    let (_, batches) = engine
+        .sql(
+            "SELECT kind, id, depth, count FROM blast_radius('workload', 'orders-api', 6) \
+             ORDER BY kind, id, depth",
+            Vec::new(),
+        )
+        .await
+        .expect("blast_radius");
+    arrow::util::pretty::pretty_format_batches(&batches)
+        .expect("format")
+        .to_string()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 async fn count_through_sql(data_dir: &Path) -> Vec<i64> {
     let engine = QueryEngine::new(QueryOptions {
         data_dir: data_dir.to_path_buf(),
@@ -167,6 +199,15 @@ async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_sta
         i64::from(BATCHES) * i64::from(SPANS_PER_BATCH)
     );
 
+    // One engine lives through compaction and the restart below: its lineage graph follows
+    // the files (the compacted ones add nothing it lacks; the late file adds an edge).
+    let engine = engine_for(&data).await;
+    let reach_before = reach_of(&engine).await;
+    assert!(
+        reach_before.len() > 4,
+        "user-0 reaches something: {reach_before:?}"
+    );
+
     // An hour that has not been closed for `min_age` is left alone.
     let mut config = config_for(&data);
     config.compaction.min_age = Duration::from_secs(HOURS_AGO * 3600 + 3600);
@@ -188,6 +229,8 @@ async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_sta
         assert_eq!(rows_of(&data, table), before[table], "{table} rows changed");
     }
     assert_eq!(count_through_sql(&data).await, counts_before);
+    assert_eq!(reach_of(&engine).await, reach_before);
+    assert_eq!(reach_of(&engine_for(&data).await).await, reach_before);
 
     // The spans file is ordered by credential (spans without one last), then start time, and
     // says so; the newest source's WAL position travels with it.
@@ -263,8 +306,16 @@ async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_sta
         .export(request("orders-api", vec![late]))
         .await
         .expect("export");
+    // Its trace goes quiet and is stitched: a second edges file appears beside the compacted one.
+    for _ in 0..200 {
+        if files_of(&server.data_dir(), "edges").len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     let dir = server.stop().await;
     let data = dir.path().join("data");
+    assert_eq!(files_of(&data, "edges").len(), 2);
     let ids = stored_ids(&data);
     let unique: std::collections::BTreeSet<_> = ids.iter().collect();
     assert_eq!(ids.len(), unique.len(), "no span stored twice");
@@ -277,6 +328,14 @@ async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_sta
         .max();
     assert!(newest > Some(seqs.last), "the late file is numbered above");
     assert_eq!(count_through_sql(&data).await[0], counts_before[0] + 1);
+    // The late span's edges are counted once in the engine that followed the files, as in a
+    // fresh one.
+    let reach_late = reach_of(&engine).await;
+    assert_ne!(
+        reach_late, reach_before,
+        "the late span's edges are in the graph"
+    );
+    assert_eq!(reach_late, reach_of(&engine_for(&data).await).await);
 }
 
 #[test]

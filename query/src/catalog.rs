@@ -59,8 +59,6 @@ pub async fn register_all(
         LineageSources {
             store,
             spans: spans_table,
-            chains: chains_table,
-            edges: edges_table,
             owners,
             grants,
         },

@@ -106,6 +106,10 @@ pub fn compacted_file_name(writer_id: &str, first: u64, last: u64) -> String {
     format!("{writer_id}-{first:012}-{last:012}.parquet")
 }
 
+/// Footer key of a compacted file: the names of the files it merged, comma-separated. A reader
+/// that already holds their rows (the lineage graph) knows from it that the file adds nothing.
+pub const COMPACTED_FROM_KEY: &str = "idtrail.compacted_from";
+
 /// Name of the hidden temp file a compaction writes before its rename.
 pub fn compacted_temp_file_name(writer_id: &str, first: u64, last: u64) -> String {
     format!(".{writer_id}-{first:012}-{last:012}.parquet.tmp")

@@ -213,7 +213,7 @@ fn compact_partition(
         let (lo, hi) = (run[0].first, run[run.len() - 1].last);
         // The newest source's position in the WAL travels with its rows: replay after a restart
         // reads it from the partition's newest file to skip what was published.
-        let footer: Vec<KeyValue> = footers
+        let mut footer: Vec<KeyValue> = footers
             .last()
             .map(|f| {
                 f.key_value
@@ -223,6 +223,15 @@ fn compact_partition(
                     .collect()
             })
             .unwrap_or_default();
+        let sources_named = run
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        footer.push(KeyValue::new(
+            layout::COMPACTED_FROM_KEY.to_string(),
+            sources_named,
+        ));
         let properties = table_properties(table, &config.writer, writer_id)?
             .into_builder()
             .set_sorting_columns(Some(sorting.clone()))

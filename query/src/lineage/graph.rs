@@ -2,8 +2,9 @@
 //! partitions, with adjacency in both directions.
 //!
 //! Traversals need random access by node, which a SQL recursive join does badly at depth 6; so
-//! the graph is read once from the edges files and kept until the set of files changes. A new
-//! edges file (every writer flush) reloads it.
+//! the graph is read once from the edges files and kept. New edges files (a flush every few
+//! seconds) are read into it as they appear, and compacted files that hold what it already has
+//! are recognised as such ([`super::graph_files`]); anything else reads every file again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,12 +12,11 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{TimestampNanosecondType, UInt64Type};
 use chrono::{DateTime, Utc};
-use datafusion::catalog::{Session, TableProvider};
 use futures::{TryStreamExt, future};
 use idtrail_schemas::{chains, edges, layout};
 use object_store::path::Path as ObjectPath;
 
-use super::scan_columns;
+use super::graph_files;
 use crate::error::{QueryError, Result};
 use crate::store::TableStore;
 
@@ -79,7 +79,8 @@ pub struct Edge {
     pub count: u64,
 }
 
-#[derive(Debug, Default)]
+/// Cloned only when new files arrive while a query still holds the previous graph.
+#[derive(Debug, Default, Clone)]
 pub struct Graph {
     nodes: Vec<(Arc<str>, Arc<str>)>,
     /// kind → id → node. Two levels so that a lookup borrows the row's `&str`s: a tuple key
@@ -145,7 +146,29 @@ impl Graph {
     /// Builds the graph from edges batches, summing rows of one edge across flushes.
     fn from_batches(batches: &[RecordBatch]) -> Result<Graph> {
         let mut graph = Graph::default();
-        let mut seen: HashMap<(NodeId, Relation, NodeId), u32> = HashMap::new();
+        let mut seen = HashMap::new();
+        graph.add_edges(batches, Some(&mut seen))?;
+        Ok(graph)
+    }
+
+    /// The edge `src -[relation]-> dst`, looked up through the shorter adjacency list (for a few
+    /// new rows, cheaper than keeping a map of every edge alive beside the graph).
+    fn edge_between(&self, src: NodeId, relation: Relation, dst: NodeId) -> Option<u32> {
+        let (out, inc) = (&self.outgoing[src as usize], &self.incoming[dst as usize]);
+        let candidates = if out.len() <= inc.len() { out } else { inc };
+        candidates.iter().copied().find(|&e| {
+            let edge = &self.edges[e as usize];
+            edge.src == src && edge.dst == dst && edge.relation == relation
+        })
+    }
+
+    /// Adds edges rows, summing them into edges already present. `seen` indexes the edges when
+    /// many rows are added at once (a full load); without it each row searches the adjacency.
+    fn add_edges(
+        &mut self,
+        batches: &[RecordBatch],
+        mut seen: Option<&mut HashMap<(NodeId, Relation, NodeId), u32>>,
+    ) -> Result<()> {
         for batch in batches {
             let text = |name: &str| {
                 batch
@@ -179,24 +202,30 @@ impl Graph {
                 let Some(rel) = Relation::parse(relation.value(row)) else {
                     continue;
                 };
-                let src = graph.intern(src_kind.value(row), src_id.value(row));
-                let dst = graph.intern(dst_kind.value(row), dst_id.value(row));
+                let src = self.intern(src_kind.value(row), src_id.value(row));
+                let dst = self.intern(dst_kind.value(row), dst_id.value(row));
                 let (first, last, n) = (
                     first_seen.value(row),
                     last_seen.value(row),
                     count.value(row),
                 );
-                match seen.get(&(src, rel, dst)) {
-                    Some(&e) => {
-                        let edge = &mut graph.edges[e as usize];
+                let existing = match seen.as_deref() {
+                    Some(seen) => seen.get(&(src, rel, dst)).copied(),
+                    None => self.edge_between(src, rel, dst),
+                };
+                match existing {
+                    Some(e) => {
+                        let edge = &mut self.edges[e as usize];
                         edge.first_seen = edge.first_seen.min(first);
                         edge.last_seen = edge.last_seen.max(last);
                         edge.count += n;
                     }
                     None => {
-                        let e = graph.edges.len() as u32;
-                        seen.insert((src, rel, dst), e);
-                        graph.edges.push(Edge {
+                        let e = self.edges.len() as u32;
+                        if let Some(seen) = seen.as_deref_mut() {
+                            seen.insert((src, rel, dst), e);
+                        }
+                        self.edges.push(Edge {
                             src,
                             dst,
                             relation: rel,
@@ -204,18 +233,18 @@ impl Graph {
                             last_seen: last,
                             count: n,
                         });
-                        graph.outgoing[src as usize].push(e);
-                        graph.incoming[dst as usize].push(e);
+                        self.outgoing[src as usize].push(e);
+                        self.incoming[dst as usize].push(e);
                     }
                 }
             }
         }
-        Ok(graph)
+        Ok(())
     }
 
     /// Adds `credential_fp → scopes` from chains batches.
     fn add_scopes(&mut self, batches: &[RecordBatch]) {
-        let mut scopes: HashMap<String, Vec<NodeId>> = HashMap::new();
+        let mut scopes = std::mem::take(&mut self.scopes);
         for batch in batches {
             let (Some(fps), Some(lists)) = (
                 batch
@@ -250,16 +279,36 @@ impl Graph {
     }
 }
 
-/// The published files of the tables a graph was built from, with size and modification
-/// time: the graph is rebuilt when this changes.
-type Stamp = Vec<(ObjectPath, u64, DateTime<Utc>)>;
+/// The published Parquet files of the tables a graph was built from, with size and modification
+/// time: what changed since is read into the graph ([`super::graph_files`]).
+pub(super) type Stamp = Vec<(ObjectPath, u64, DateTime<Utc>)>;
 
-/// The graph of one store, reloaded when its edges (or chains) files change.
+/// Columns of `edges` the graph holds.
+const EDGE_COLUMNS: [&str; 8] = [
+    "src_kind",
+    "src_id",
+    "relation",
+    "dst_kind",
+    "dst_id",
+    "first_seen",
+    "last_seen",
+    "count",
+];
+/// Columns of `chains` behind [`Graph::credentials_with_scope`].
+const SCOPE_COLUMNS: [&str; 2] = ["credential_fp", "token_scopes"];
+
+/// A graph and exactly the files it was built from.
+struct Loaded {
+    edges: Stamp,
+    /// The chains files its scopes came from, when they were loaded.
+    chains: Option<Stamp>,
+    graph: Arc<Graph>,
+}
+
+/// The graph of one store, kept up to date with its edges (and chains) files.
 pub struct GraphCache {
     store: TableStore,
-    edges: Arc<dyn TableProvider>,
-    chains: Arc<dyn TableProvider>,
-    cached: tokio::sync::Mutex<Option<(Stamp, bool, Arc<Graph>)>>,
+    cached: tokio::sync::Mutex<Option<Loaded>>,
 }
 
 impl std::fmt::Debug for GraphCache {
@@ -270,64 +319,45 @@ impl std::fmt::Debug for GraphCache {
 
 impl GraphCache {
     /// The graph of the `edges` table (and the scopes of `chains`) of `store`.
-    pub fn new(
-        store: TableStore,
-        edges: Arc<dyn TableProvider>,
-        chains: Arc<dyn TableProvider>,
-    ) -> GraphCache {
+    pub fn new(store: TableStore) -> GraphCache {
         GraphCache {
             store,
-            edges,
-            chains,
             cached: tokio::sync::Mutex::new(None),
         }
     }
 
     /// The current graph; `with_scopes` also loads which credential carried which scope.
-    /// Concurrent callers wait for one load rather than each reading every file.
-    pub async fn get(&self, session: &dyn Session, with_scopes: bool) -> Result<Arc<Graph>> {
-        let mut stamp = self.list(edges::TABLE).await?;
-        if with_scopes {
-            stamp.extend(self.list(chains::TABLE).await?);
-        }
-        let mut cached = self.cached.lock().await;
-        if let Some((cached_stamp, scoped, graph)) = cached.as_ref()
-            && *cached_stamp == stamp
-            && (*scoped || !with_scopes)
-        {
-            return Ok(graph.clone());
-        }
-        // Read through the same listing tables as every query (any store, both cores); the
-        // stamp was taken first, so a file published meanwhile at worst triggers one more load.
-        let batches = scan_columns(
-            session,
-            &self.edges,
-            edges::TABLE,
-            &[
-                "src_kind",
-                "src_id",
-                "relation",
-                "dst_kind",
-                "dst_id",
-                "first_seen",
-                "last_seen",
-                "count",
-            ],
-            None,
-        )
-        .await?;
-        let scopes = match with_scopes {
-            true => Some(
-                scan_columns(
-                    session,
-                    &self.chains,
-                    chains::TABLE,
-                    &["credential_fp", "token_scopes"],
-                    None,
-                )
-                .await?,
-            ),
+    /// Concurrent callers wait for one load rather than each reading every file. Files
+    /// published since the last call are added to the graph (a collector publishes every few
+    /// seconds, and a full load takes seconds at millions of edges); only a change that adding
+    /// cannot express (a file removed other than by compaction) reads everything again.
+    pub async fn get(&self, with_scopes: bool) -> Result<Arc<Graph>> {
+        let edges_now = self.list(edges::TABLE).await?;
+        let chains_now = match with_scopes {
+            true => Some(self.list(chains::TABLE).await?),
             false => None,
+        };
+        let mut cached = self.cached.lock().await;
+        if let Some(loaded) = cached.take() {
+            match self.update(loaded, &edges_now, chains_now.as_ref()).await? {
+                Ok(updated) => {
+                    let graph = updated.graph.clone();
+                    *cached = Some(updated);
+                    return Ok(graph);
+                }
+                Err(stale) => drop(stale),
+            }
+        }
+        // Exactly the listed files are read (not a fresh listing), so the next update's
+        // difference is exactly what this graph lacks.
+        let paths = |stamp: &Stamp| stamp.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+        let batches =
+            graph_files::read_columns(&self.store, &paths(&edges_now), &EDGE_COLUMNS).await?;
+        let scopes = match &chains_now {
+            Some(chains) => {
+                Some(graph_files::read_columns(&self.store, &paths(chains), &SCOPE_COLUMNS).await?)
+            }
+            None => None,
         };
         // Building the adjacency takes seconds at millions of edges: off the async workers.
         let graph = tokio::task::spawn_blocking(move || -> Result<Graph> {
@@ -339,13 +369,75 @@ impl GraphCache {
         })
         .await
         .map_err(|e| QueryError::Execution(format!("building the lineage graph: {e}")))??;
+        tracing::debug!(
+            files = edges_now.len(),
+            edges = graph.edges.len(),
+            "lineage graph loaded"
+        );
         let graph = Arc::new(graph);
-        *cached = Some((stamp, with_scopes, graph.clone()));
+        *cached = Some(Loaded {
+            edges: edges_now,
+            chains: chains_now,
+            graph: graph.clone(),
+        });
         Ok(graph)
     }
 
+    /// `loaded` brought up to the files listed now by reading only the new ones; `Err` gives
+    /// it back when that cannot be done (or scopes are wanted and were never loaded).
+    async fn update(
+        &self,
+        loaded: Loaded,
+        edges_now: &Stamp,
+        chains_now: Option<&Stamp>,
+    ) -> Result<std::result::Result<Loaded, Loaded>> {
+        if chains_now.is_some() && loaded.chains.is_none() {
+            return Ok(Err(loaded));
+        }
+        let Some(new_edges) =
+            graph_files::files_to_add(&self.store, &loaded.edges, edges_now).await?
+        else {
+            return Ok(Err(loaded));
+        };
+        let new_chains = match (&loaded.chains, chains_now) {
+            (Some(then), Some(now)) => {
+                match graph_files::files_to_add(&self.store, then, now).await? {
+                    Some(files) => files,
+                    None => return Ok(Err(loaded)),
+                }
+            }
+            _ => Vec::new(),
+        };
+        let mut graph = loaded.graph;
+        if !new_edges.is_empty() || !new_chains.is_empty() {
+            let edges = graph_files::read_columns(&self.store, &new_edges, &EDGE_COLUMNS).await?;
+            let scopes =
+                graph_files::read_columns(&self.store, &new_chains, &SCOPE_COLUMNS).await?;
+            graph = tokio::task::spawn_blocking(move || -> Result<Arc<Graph>> {
+                // In place unless a query still holds this graph; then on a copy.
+                let updating = Arc::make_mut(&mut graph);
+                updating.add_edges(&edges, None)?;
+                updating.add_scopes(&scopes);
+                Ok(graph)
+            })
+            .await
+            .map_err(|e| QueryError::Execution(format!("updating the lineage graph: {e}")))??;
+            tracing::debug!(
+                edges_files = new_edges.len(),
+                chains_files = new_chains.len(),
+                "lineage graph updated with new files"
+            );
+        }
+        Ok(Ok(Loaded {
+            edges: edges_now.clone(),
+            chains: chains_now.cloned().or(loaded.chains),
+            graph,
+        }))
+    }
+
     /// The published Parquet files of `table`, in a stable order. Hidden files (a writer's
-    /// temporary ones) are not published yet.
+    /// temporary ones) are not published yet, and the store's listing leaves out files a
+    /// compacted one supersedes.
     async fn list(&self, table: &str) -> Result<Stamp> {
         let prefix = self.store.table_prefix(table);
         let mut files: Stamp = self

@@ -11,6 +11,7 @@
 
 mod chain_of;
 mod graph;
+mod graph_files;
 mod reach;
 
 use std::fmt;
@@ -42,8 +43,6 @@ pub const DEFAULT_MAX_DEPTH: u32 = 6;
 pub struct LineageSources {
     pub store: crate::store::TableStore,
     pub spans: Arc<dyn TableProvider>,
-    pub chains: Arc<dyn TableProvider>,
-    pub edges: Arc<dyn TableProvider>,
     pub owners: Arc<DeclaredFiles>,
     pub grants: Arc<DeclaredFiles>,
 }
@@ -63,7 +62,7 @@ impl fmt::Debug for Shared {
 
 pub fn register(ctx: &SessionContext, sources: LineageSources) {
     let shared = Arc::new(Shared {
-        graph: GraphCache::new(sources.store, sources.edges, sources.chains),
+        graph: GraphCache::new(sources.store),
         spans: sources.spans,
         owners: sources.owners,
         grants: sources.grants,
@@ -266,7 +265,7 @@ impl LineageTable {
         let grants = shared.grants.load()?;
         let needs_scopes = matches!(function, Function::BlastRadius)
             && grants.grants.iter().any(|g| g.subject_kind == "scope");
-        let graph = shared.graph.get(session, needs_scopes).await?;
+        let graph = shared.graph.get(needs_scopes).await?;
         match function {
             Function::BlastRadius => reach::blast_radius(
                 &graph,

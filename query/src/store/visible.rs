@@ -178,17 +178,16 @@ mod tests {
             .await
             .unwrap();
         listed.sort();
-        assert_eq!(
-            listed,
-            vec![
-                format!("{dir}/{}", layout::file_name("w", 3)),
-                format!("{dir}/{}", layout::compacted_file_name("w", 1, 2)),
-                format!(
-                    "spans/date=2026-11-22/hour=14/{}",
-                    layout::file_name("w", 1)
-                ),
-            ]
-        );
+        let mut expected = vec![
+            format!("{dir}/{}", layout::file_name("w", 3)),
+            format!("{dir}/{}", layout::compacted_file_name("w", 1, 2)),
+            format!(
+                "spans/date=2026-11-22/hour=14/{}",
+                layout::file_name("w", 1)
+            ),
+        ];
+        expected.sort();
+        assert_eq!(listed, expected);
         let one_dir = store
             .list_with_delimiter(Some(&Path::from(dir)))
             .await
