@@ -14,15 +14,10 @@ pub struct CompactArgs {
     /// with its `writer` settings).
     #[command(flatten)]
     pub data: crate::DataArgs,
-    /// Compact hour partitions that ended at least this long ago (overrides
-    /// `compaction.min_age`; `0s` compacts every hour but the current one).
+    /// Merge files published at least this long ago (overrides `compaction.min_age`; `0s`
+    /// merges every file, as for a store filled at once like the benchmark's).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_age: Option<Duration>,
-    /// Compact the hours still being written too (the current one included): for a store
-    /// filled at once, like a benchmark's. Safe beside a collector; files it publishes later in
-    /// those hours wait for another pass.
-    #[arg(long, conflicts_with = "min_age")]
-    pub include_open_hours: bool,
     /// No summary on stderr (the JSON summary still goes to stdout).
     #[arg(long, short)]
     pub quiet: bool,
@@ -34,12 +29,8 @@ pub fn run(args: &CompactArgs, config: &Config) -> anyhow::Result<()> {
     if let Some(min_age) = args.min_age {
         config.compaction.min_age = min_age;
     }
-    let pass = if args.include_open_hours {
-        compact::compact_hours_ending_by(&config, i64::MAX)
-    } else {
-        compact::compact(&config, SystemTime::now())
-    };
-    let summary = pass.with_context(|| format!("compacting {}", config.data_dir.display()))?;
+    let summary = compact::compact(&config, SystemTime::now())
+        .with_context(|| format!("compacting {}", config.data_dir.display()))?;
     if !args.quiet {
         eprintln!("{}", human(&summary));
     }

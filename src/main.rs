@@ -30,7 +30,7 @@ enum Command {
     /// Rebuild the chains and edges tables from the stored spans (backfill, or after the
     /// stitcher changed). Refuses to run while a collector uses the data directory.
     Restitch(idtrail::restitch::RestitchArgs),
-    /// Merge the small files of closed hour partitions into a few large ones, as `serve` does
+    /// Merge small published files into a few large ones per hour partition, as `serve` does
     /// every `compaction.interval`. Safe beside a running collector and concurrent queries.
     Compact(idtrail::compact::CompactArgs),
     /// Run SQL over the stored tables: one statement, a file of them, or an interactive

@@ -1,5 +1,5 @@
-//! Compaction of closed hours: a closed hour's files of every table merge into one file per
-//! table, sorted as the sources declare; every reader (the layout's own listing, the query
+//! Compaction: an hour's files of every table merge into one file per table, sorted as the
+//! sources declare; every reader (the layout's own listing, the query
 //! engine) sees each row exactly once before, after, and with a crash's leftovers in place; a
 //! collector restarted on the compacted directory publishes into that hour beside the compacted
 //! file and replays nothing twice.
@@ -153,7 +153,7 @@ async fn count_through_sql(data_dir: &Path) -> Vec<i64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_stays_once() {
+async fn an_hour_compacts_into_one_sorted_file_per_table_and_every_row_stays_once() {
     let overrides = [
         ("writer.max_file_age", "100ms"),
         ("stitcher.quiet_window", "200ms"),
@@ -208,13 +208,13 @@ async fn a_closed_hour_compacts_into_one_sorted_file_per_table_and_every_row_sta
         "user-0 reaches something: {reach_before:?}"
     );
 
-    // An hour that has not been closed for `min_age` is left alone.
+    // Files published less than `min_age` ago are left alone (these are seconds old).
     let mut config = config_for(&data);
-    config.compaction.min_age = Duration::from_secs(HOURS_AGO * 3600 + 3600);
+    config.compaction.min_age = Duration::from_secs(60);
     let untouched = compact::compact(&config, SystemTime::now()).expect("compact");
     assert_eq!(untouched.files_written, 0);
 
-    config.compaction.min_age = Duration::from_secs(3600);
+    config.compaction.min_age = Duration::ZERO;
     let summary = compact::compact(&config, SystemTime::now()).expect("compact");
     assert_eq!(summary.files_written, 3, "{summary:?}");
     assert_eq!(summary.runs_skipped, 0);
@@ -347,10 +347,10 @@ fn one_compaction_runs_at_a_time() {
     assert!(error.to_string().contains("another compaction"), "{error}");
 }
 
-/// `idtrail compact` leaves the hour still being written alone unless told otherwise, and says
-/// what it did as JSON on stdout.
+/// `idtrail compact` leaves files younger than `--min-age` alone, merges the current hour's
+/// too, and says what it did as JSON on stdout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_compact_command_takes_open_hours_only_when_asked() {
+async fn the_compact_command_merges_files_once_they_are_old_enough() {
     let server = TestServer::start(&[
         ("writer.max_file_age", "100ms"),
         ("stitcher.enabled", "false"),
@@ -400,11 +400,11 @@ async fn the_compact_command_takes_open_hours_only_when_asked() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON summary")
     };
-    // Spans of this very moment: their hour has not ended (a run at the turn of the hour could
-    // see it closed, but not for the default 10 minutes).
+    // Files published seconds ago, in the hour still being written: younger than the default
+    // `compaction.min_age`, then taken with `--min-age 0s`.
     assert_eq!(run(&[])["files_written"], 0);
     assert_eq!(files_of(&data, "spans").len(), files_before);
-    let summary = run(&["--include-open-hours"]);
+    let summary = run(&["--min-age", "0s"]);
     assert_eq!(summary["files_written"], 1, "{summary}");
     assert_eq!(summary["rows"], 12);
     assert_eq!(files_of(&data, "spans").len(), 1);

@@ -238,9 +238,9 @@ pub struct CompactionConfig {
     /// Time between two passes of `serve`'s compaction thread.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// An hour partition is compacted once it ended this long ago: long enough for the spans
-    /// of its last minutes to go quiet and be stitched. Late spans may still land in it
-    /// afterwards (as new small files, merged by a later pass).
+    /// A file is merged once it was published this long ago, in any hour partition (the
+    /// current one too), so queries over recent hours also read few files. Later files of the
+    /// hour are merged by later passes.
     #[serde(with = "humantime_serde")]
     pub min_age: Duration,
     /// Rows per compacted file, at most. Files of half this or more are left as they are.
@@ -252,7 +252,7 @@ impl Default for CompactionConfig {
         CompactionConfig {
             enabled: true,
             interval: Duration::from_secs(300),
-            min_age: Duration::from_secs(600),
+            min_age: Duration::from_secs(300),
             target_rows: 1 << 20,
         }
     }

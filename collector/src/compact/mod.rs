@@ -1,5 +1,6 @@
-//! Compaction: merges a writer's small files of a closed hour partition into a few large ones,
-//! in the order the files declare (spans by credential then time, chains and edges by time).
+//! Compaction: merges a writer's small files of an hour partition, once they are a few minutes
+//! old, into a few large ones, in the order the files declare (spans by credential then time,
+//! chains and edges by time).
 //!
 //! A query pays a fixed cost per file (listing, statistics, footer, bloom filter), and a busy
 //! hour is published as a file every few seconds; fewer files make point lookups cheaper and
@@ -25,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use idtrail_schemas::layout::{self, HOUR_NANOS, Partition};
+use idtrail_schemas::layout::{self, Partition};
 use idtrail_schemas::{chains, edges, spans};
 use parquet::file::metadata::KeyValue;
 use serde::Serialize;
@@ -74,31 +75,20 @@ pub fn lock(data_dir: &Path) -> Result<File> {
     Ok(file)
 }
 
-/// Compacts every hour partition of `spans`, `chains` and `edges` that ended at least
-/// `compaction.min_age` before `now`, for this config's writer. Takes the compaction lock.
+/// Compacts the files of `spans`, `chains` and `edges` this config's writer published at
+/// least `compaction.min_age` before `now`, in every hour partition (the current one too: a
+/// publication meanwhile takes a number above every file there, so it is never covered). Takes
+/// the compaction lock.
 pub fn compact(config: &Config, now: SystemTime) -> Result<Summary> {
-    let now_nanos = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64);
-    compact_hours_ending_by(
-        config,
-        now_nanos.saturating_sub(config.compaction.min_age.as_nanos() as i64),
-    )
-}
-
-/// Compacts the hour partitions that end by `closed_before` (ns since the epoch; `i64::MAX`
-/// takes the hours still being written too: safe, since a later publication is never covered,
-/// but their later files wait for another pass). Takes the compaction lock.
-pub fn compact_hours_ending_by(config: &Config, closed_before: i64) -> Result<Summary> {
     let _lock = lock(&config.data_dir)?;
     let started = Instant::now();
+    let settled_before = now
+        .checked_sub(config.compaction.min_age)
+        .unwrap_or(UNIX_EPOCH);
     let mut summary = Summary::default();
     for table in [spans::TABLE, chains::TABLE, edges::TABLE] {
-        for (partition, dir) in partitions(&config.data_dir.join(table))? {
-            if partition.start_nanos().saturating_add(HOUR_NANOS) > closed_before {
-                continue;
-            }
-            let merged = compact_partition(config, table, &dir, &mut summary)?;
+        for (_, dir) in partitions(&config.data_dir.join(table))? {
+            let merged = compact_partition(config, table, &dir, settled_before, &mut summary)?;
             summary.partitions += usize::from(merged);
         }
     }
@@ -137,6 +127,8 @@ struct Candidate {
     name: String,
     first: u64,
     last: u64,
+    /// When it was published (or written by a compaction).
+    modified: SystemTime,
     footer: Option<SourceFooter>,
 }
 
@@ -145,6 +137,7 @@ fn compact_partition(
     config: &Config,
     table: &str,
     dir: &Path,
+    settled_before: SystemTime,
     summary: &mut Summary,
 ) -> Result<bool> {
     let writer_id = config.writer_id.as_str();
@@ -166,16 +159,25 @@ fn compact_partition(
         .filter_map(|name| {
             let seqs = layout::parse_file_name(&name)?;
             let (first, last) = (seqs.first, seqs.last);
+            let modified = fs::metadata(dir.join(&name))
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
             Some(Candidate {
                 name,
                 first,
                 last,
+                modified,
                 footer: None,
             })
         })
         .collect();
     files.sort_by_key(|f| f.first);
-    if files.len() < 2 {
+    if files
+        .iter()
+        .filter(|f| f.modified <= settled_before)
+        .count()
+        < 2
+    {
         return Ok(false);
     }
     for file in &mut files {
@@ -187,7 +189,7 @@ fn compact_partition(
         _ => edges::schema(),
     };
     let mut merged_any = false;
-    for run in runs(&files, config.compaction.target_rows) {
+    for run in runs(&files, config.compaction.target_rows, settled_before) {
         let run = &files[run];
         let footers: Vec<&SourceFooter> = run.iter().filter_map(|f| f.footer.as_ref()).collect();
         let Some(first) = footers.first() else {
@@ -291,23 +293,27 @@ fn compact_partition(
 }
 
 /// Runs of consecutive files (by sequence number) worth merging: each made of files under half
-/// of `target_rows`, at most `target_rows` rows and [`MAX_SOURCES`] files together, and at
-/// least two files. A large file breaks a run, so what compaction wrote is left alone and a run
-/// never skips a file inside its range.
-fn runs(files: &[Candidate], target_rows: u64) -> Vec<std::ops::Range<usize>> {
+/// of `target_rows` published before `settled_before`, at most `target_rows` rows and
+/// [`MAX_SOURCES`] files together, and at least two files. A large or recent file breaks a run,
+/// so what compaction wrote is left alone and a run never skips a file inside its range.
+fn runs(
+    files: &[Candidate],
+    target_rows: u64,
+    settled_before: SystemTime,
+) -> Vec<std::ops::Range<usize>> {
     let rows = |f: &Candidate| f.footer.as_ref().map_or(u64::MAX, |f| f.rows);
     let mut runs = Vec::new();
     let mut start = 0;
     let mut total = 0u64;
     for (i, file) in files.iter().enumerate() {
-        let small = rows(file) < target_rows / 2;
+        let mergeable = rows(file) < target_rows / 2 && file.modified <= settled_before;
         let fits = total + rows(file) <= target_rows && i - start < MAX_SOURCES;
-        if !small || !fits {
+        if !mergeable || !fits {
             if i - start >= 2 {
                 runs.push(start..i);
             }
-            start = if small { i } else { i + 1 };
-            total = if small { rows(file) } else { 0 };
+            start = if mergeable { i } else { i + 1 };
+            total = if mergeable { rows(file) } else { 0 };
         } else {
             total += rows(file);
         }
