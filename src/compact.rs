@@ -31,11 +31,7 @@ pub fn run(args: &CompactArgs, config: &Config) -> anyhow::Result<()> {
     }
     let summary = compact::compact(&config, SystemTime::now())
         .with_context(|| format!("compacting {}", config.data_dir.display()))?;
-    if !args.quiet {
-        eprintln!("{}", human(&summary));
-    }
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    crate::print_summary(args.quiet, &human(&summary), &summary)
 }
 
 /// One line for people.

@@ -96,6 +96,20 @@ impl DataArgs {
 }
 
 /// An RFC 3339 time as ns since the epoch (the tables' unit).
+/// How a maintenance command (`restitch`, `compact`) ends: a line for people on stderr unless
+/// `quiet`, and its summary as JSON on stdout for programs.
+pub fn print_summary(
+    quiet: bool,
+    for_people: &str,
+    summary: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    if !quiet {
+        eprintln!("{for_people}");
+    }
+    println!("{}", serde_json::to_string(summary)?);
+    Ok(())
+}
+
 pub fn parse_time_ns(s: &str) -> Result<i64, String> {
     idtrail_query::sql::parse_rfc3339(s)?
         .timestamp_nanos_opt()

@@ -61,11 +61,7 @@ pub fn run(args: &RestitchArgs, config: &Config) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    if !args.quiet {
-        eprintln!("{}", human(&summary));
-    }
-    println!("{}", serde_json::to_string(&summary)?);
-    Ok(())
+    crate::print_summary(args.quiet, &human(&summary), &summary)
 }
 
 /// One line for people.

@@ -124,16 +124,7 @@ async fn reach_of(engine: &QueryEngine) -> Vec<String> {
 }
 
 async fn count_through_sql(data_dir: &Path) -> Vec<i64> {
-    let engine = QueryEngine::new(QueryOptions {
-        data_dir: data_dir.to_path_buf(),
-        memory_limit_bytes: 256 << 20,
-        timeout: Duration::from_secs(60),
-        owners_files: Vec::new(),
-        grants_files: Vec::new(),
-        rules_dirs: Vec::new(),
-    })
-    .await
-    .expect("engine");
+    let engine = engine_for(data_dir).await;
     let (_, batches) = engine
         .sql(
             "SELECT (SELECT count(*) FROM spans) AS s, (SELECT count(DISTINCT span_id) FROM spans) \

@@ -35,16 +35,21 @@ pub struct BoundAddresses {
 /// time, until the returned file is dropped.
 pub fn lock_data_dir(config: &Config) -> Result<File> {
     let dir = &config.data_dir;
+    lock_file_in(
+        dir,
+        ".lock",
+        format!("{} is in use by another idtrail process", dir.display()),
+    )
+}
+
+/// Holds an exclusive lock on `dir/name` (created, with `dir`, when missing) until the file is
+/// dropped; `busy` is the error when another process holds it.
+pub(crate) fn lock_file_in(dir: &std::path::Path, name: &str, busy: String) -> Result<File> {
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let path = dir.join(".lock");
+    let path = dir.join(name);
     let file =
         File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    file.try_lock().map_err(|_| {
-        Error::config(format!(
-            "{} is in use by another idtrail process",
-            dir.display()
-        ))
-    })?;
+    file.try_lock().map_err(|_| Error::config(busy))?;
     Ok(file)
 }
 

@@ -165,37 +165,33 @@ pub fn merge_sorted(
                 smallest = Some(i);
             }
         }
-        let Some(i) = smallest else { break };
-        let cursor = &mut cursors[i];
-        pending.push((cursor.slot, cursor.next));
-        cursor.next += 1;
-        if cursor.next == cursor.rows
-            && let Some(batch) = cursor.reader.next()
-        {
-            let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
-            cursor.keys = keys_of(&batch)?;
-            cursor.next = 0;
-            cursor.rows = batch.num_rows();
-            cursor.slot = batches.len();
-            batches.push(batch);
+        let done = smallest.is_none();
+        if let Some(i) = smallest {
+            let cursor = &mut cursors[i];
+            pending.push((cursor.slot, cursor.next));
+            cursor.next += 1;
+            if cursor.next == cursor.rows
+                && let Some(batch) = cursor.reader.next()
+            {
+                let batch = batch.map_err(|e| Error::Parquet(e.to_string()))?;
+                cursor.keys = keys_of(&batch)?;
+                cursor.next = 0;
+                cursor.rows = batch.num_rows();
+                cursor.slot = batches.len();
+                batches.push(batch);
+            }
         }
-        if pending.len() == OUTPUT_BATCH_ROWS {
-            written += flush(
-                &mut writer,
-                schema,
-                &mut batches,
-                &mut cursors,
-                &mut pending,
-            )?;
+        if !pending.is_empty() && (done || pending.len() == OUTPUT_BATCH_ROWS) {
+            let batch = flush(schema, &mut batches, &mut cursors, &mut pending)?;
+            written += batch.num_rows() as u64;
+            writer
+                .write(&batch)
+                .map_err(|e| Error::Parquet(e.to_string()))?;
+        }
+        if done {
+            break;
         }
     }
-    written += flush(
-        &mut writer,
-        schema,
-        &mut batches,
-        &mut cursors,
-        &mut pending,
-    )?;
     for entry in footer {
         writer.append_key_value_metadata(entry.clone());
     }
@@ -205,27 +201,19 @@ pub fn merge_sorted(
     Ok(written)
 }
 
-/// Writes the pending rows as one batch, then drops the batches no cursor still reads.
+/// The pending rows as one batch; then drops the batches no cursor still reads.
 fn flush(
-    writer: &mut ArrowWriter<&mut File>,
     schema: &SchemaRef,
     batches: &mut Vec<RecordBatch>,
     cursors: &mut [Cursor],
     pending: &mut Vec<(usize, usize)>,
-) -> Result<u64> {
-    if pending.is_empty() {
-        return Ok(0);
-    }
+) -> Result<RecordBatch> {
     let refs: Vec<&RecordBatch> = batches.iter().collect();
     let merged =
         interleave_record_batch(&refs, pending).map_err(|e| Error::Parquet(e.to_string()))?;
     // The sources' schemas carry their own footers' entries; the output carries the table's.
     let batch = RecordBatch::try_new(schema.clone(), merged.columns().to_vec())
         .map_err(|e| Error::Parquet(e.to_string()))?;
-    writer
-        .write(&batch)
-        .map_err(|e| Error::Parquet(e.to_string()))?;
-    let rows = pending.len() as u64;
     pending.clear();
     let mut kept = Vec::with_capacity(cursors.len());
     for cursor in cursors.iter_mut() {
@@ -235,5 +223,5 @@ fn flush(
         }
     }
     *batches = kept;
-    Ok(rows)
+    Ok(batch)
 }

@@ -61,18 +61,11 @@ pub struct Summary {
 
 /// Holds `.compaction.lock` in the data directory: one compaction at a time.
 pub fn lock(data_dir: &Path) -> Result<File> {
-    fs::create_dir_all(data_dir)
-        .map_err(|e| Error::io(format!("creating {}", data_dir.display()), e))?;
-    let path = data_dir.join(".compaction.lock");
-    let file =
-        File::create(&path).map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
-    file.try_lock().map_err(|_| {
-        Error::config(format!(
-            "another compaction of {} is running",
-            data_dir.display()
-        ))
-    })?;
-    Ok(file)
+    crate::server::lock_file_in(
+        data_dir,
+        ".compaction.lock",
+        format!("another compaction of {} is running", data_dir.display()),
+    )
 }
 
 /// Compacts the files of `spans`, `chains` and `edges` this config's writer published at

@@ -99,6 +99,9 @@ pub fn rebuild(
         )));
     }
     let _lock = lock_data_dir(config)?;
+    // A compaction beside it could merge chains or edges files this run is about to replace
+    // into one it does not know, and keep them alive.
+    let _compaction = crate::compact::lock(&config.data_dir)?;
     let plan = Plan::list(data_dir, range)?;
     progress.planned(plan.files, plan.bytes);
 
