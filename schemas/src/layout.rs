@@ -222,21 +222,11 @@ pub fn published_files(
     table: &str,
     range: Option<TimeRange>,
 ) -> io::Result<Vec<PathBuf>> {
-    let mut partitions = Vec::new();
-    for date in read_dir_sorted(&data_dir.join(table))? {
-        for hour in read_dir_sorted(&date)? {
-            let names = (base_name(&date), base_name(&hour));
-            let Some(partition) = Partition::parse(&names.0, &names.1) else {
-                continue;
-            };
-            if range.is_none_or(|r| r.overlaps(&partition)) {
-                partitions.push((partition, hour));
-            }
-        }
-    }
-    partitions.sort();
     let mut files = Vec::new();
-    for (_, dir) in partitions {
+    for (partition, dir) in partition_dirs(&data_dir.join(table))? {
+        if !range.is_none_or(|r| r.overlaps(&partition)) {
+            continue;
+        }
         let mut published: Vec<(PathBuf, String)> = read_dir_sorted(&dir)?
             .into_iter()
             .map(|path| {
@@ -249,6 +239,21 @@ pub fn published_files(
         files.extend(published.into_iter().map(|(path, _)| path));
     }
     Ok(files)
+}
+
+/// The `date=…/hour=…` directories under a table directory, in time order; anything else there
+/// is ignored, and a missing table directory has none.
+pub fn partition_dirs(table_dir: &Path) -> io::Result<Vec<(Partition, PathBuf)>> {
+    let mut partitions = Vec::new();
+    for date in read_dir_sorted(table_dir)? {
+        for hour in read_dir_sorted(&date)? {
+            if let Some(partition) = Partition::parse(&base_name(&date), &base_name(&hour)) {
+                partitions.push((partition, hour));
+            }
+        }
+    }
+    partitions.sort();
+    Ok(partitions)
 }
 
 fn base_name(path: &Path) -> String {

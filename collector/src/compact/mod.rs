@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use idtrail_schemas::layout::{self, Partition};
+use arrow::datatypes::SchemaRef;
+use idtrail_schemas::layout;
 use idtrail_schemas::{chains, edges, spans};
 use parquet::file::metadata::KeyValue;
 use serde::Serialize;
@@ -37,7 +38,7 @@ use crate::telemetry::Telemetry;
 use crate::wal::sync_dir;
 use crate::writer::publisher::table_properties;
 use crate::writer::{STITCHED_THROUGH_KEY, WAL_END_KEY};
-pub use merge::{SourceFooter, read_footer};
+use merge::{SourceFooter, read_footer};
 
 /// Most files merged into one: the merge holds a batch of each in memory.
 pub const MAX_SOURCES: usize = 64;
@@ -79,40 +80,22 @@ pub fn compact(config: &Config, now: SystemTime) -> Result<Summary> {
         .checked_sub(config.compaction.min_age)
         .unwrap_or(UNIX_EPOCH);
     let mut summary = Summary::default();
-    for table in [spans::TABLE, chains::TABLE, edges::TABLE] {
-        for (_, dir) in partitions(&config.data_dir.join(table))? {
-            let merged = compact_partition(config, table, &dir, settled_before, &mut summary)?;
+    for (table, schema) in [
+        (spans::TABLE, spans::schema()),
+        (chains::TABLE, chains::schema()),
+        (edges::TABLE, edges::schema()),
+    ] {
+        let table_dir = config.data_dir.join(table);
+        let dirs = layout::partition_dirs(&table_dir)
+            .map_err(|e| Error::io(format!("listing {}", table_dir.display()), e))?;
+        for (_, dir) in dirs {
+            let merged =
+                compact_partition(config, (table, &schema), &dir, settled_before, &mut summary)?;
             summary.partitions += usize::from(merged);
         }
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
-}
-
-/// The `date=…/hour=…` directories under a table directory.
-fn partitions(table_dir: &Path) -> Result<Vec<(Partition, PathBuf)>> {
-    let read = |dir: &Path| -> Result<Vec<PathBuf>> {
-        match fs::read_dir(dir) {
-            Ok(entries) => Ok(entries.flatten().map(|e| e.path()).collect()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(Error::io(format!("listing {}", dir.display()), e)),
-        }
-    };
-    let name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let mut found = Vec::new();
-    for date in read(table_dir)? {
-        for hour in read(&date)? {
-            if let Some(partition) = Partition::parse(&name(&date), &name(&hour)) {
-                found.push((partition, hour));
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
 }
 
 /// A published file of this writer in the partition being compacted.
@@ -122,13 +105,13 @@ struct Candidate {
     last: u64,
     /// When it was published (or written by a compaction).
     modified: SystemTime,
-    footer: Option<SourceFooter>,
+    footer: SourceFooter,
 }
 
 /// Merges runs of this writer's small files in `dir`. Returns whether anything was merged.
 fn compact_partition(
     config: &Config,
-    table: &str,
+    (table, schema): (&str, &SchemaRef),
     dir: &Path,
     settled_before: SystemTime,
     summary: &mut Summary,
@@ -147,7 +130,7 @@ fn compact_partition(
         remove(&dir.join(leftover))?;
         summary.leftovers_deleted += 1;
     }
-    let mut files: Vec<Candidate> = names
+    let mut listed: Vec<(String, u64, u64, SystemTime)> = names
         .into_iter()
         .filter_map(|name| {
             let seqs = layout::parse_file_name(&name)?;
@@ -155,39 +138,32 @@ fn compact_partition(
             let modified = fs::metadata(dir.join(&name))
                 .and_then(|m| m.modified())
                 .unwrap_or_else(|_| SystemTime::now());
-            Some(Candidate {
+            Some((name, first, last, modified))
+        })
+        .collect();
+    listed.sort_by_key(|f| f.1);
+    // Footers are read only where a merge is possible.
+    if listed.iter().filter(|f| f.3 <= settled_before).count() < 2 {
+        return Ok(false);
+    }
+    let files = listed
+        .into_iter()
+        .map(|(name, first, last, modified)| {
+            let footer = read_footer(&dir.join(&name))?;
+            Ok(Candidate {
                 name,
                 first,
                 last,
                 modified,
-                footer: None,
+                footer,
             })
         })
-        .collect();
-    files.sort_by_key(|f| f.first);
-    if files
-        .iter()
-        .filter(|f| f.modified <= settled_before)
-        .count()
-        < 2
-    {
-        return Ok(false);
-    }
-    for file in &mut files {
-        file.footer = Some(read_footer(&dir.join(&file.name))?);
-    }
-    let schema = match table {
-        spans::TABLE => spans::schema(),
-        chains::TABLE => chains::schema(),
-        _ => edges::schema(),
-    };
+        .collect::<Result<Vec<_>>>()?;
     let mut merged_any = false;
     for run in runs(&files, config.compaction.target_rows, settled_before) {
         let run = &files[run];
-        let footers: Vec<&SourceFooter> = run.iter().filter_map(|f| f.footer.as_ref()).collect();
-        let Some(first) = footers.first() else {
-            continue;
-        };
+        let footers: Vec<&SourceFooter> = run.iter().map(|f| &f.footer).collect();
+        let first = footers[0];
         // Parquet footers carry each file's own key-value entries in the Arrow schema's
         // metadata (its WAL position, for one): the columns are what must agree, with the
         // table's schema as this version writes it.
@@ -208,16 +184,12 @@ fn compact_partition(
         let (lo, hi) = (run[0].first, run[run.len() - 1].last);
         // The newest source's position in the WAL travels with its rows: replay after a restart
         // reads it from the partition's newest file to skip what was published.
-        let mut footer: Vec<KeyValue> = footers
-            .last()
-            .map(|f| {
-                f.key_value
-                    .iter()
-                    .filter(|kv| kv.key == WAL_END_KEY || kv.key == STITCHED_THROUGH_KEY)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut footer: Vec<KeyValue> = footers[footers.len() - 1]
+            .key_value
+            .iter()
+            .filter(|kv| kv.key == WAL_END_KEY || kv.key == STITCHED_THROUGH_KEY)
+            .cloned()
+            .collect();
         let sources_named = run
             .iter()
             .map(|f| f.name.as_str())
@@ -244,7 +216,7 @@ fn compact_partition(
                 .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
             let rows = merge::merge_sorted(
                 &source_refs,
-                &schema,
+                schema,
                 &sorting,
                 properties,
                 &footer,
@@ -294,7 +266,7 @@ fn runs(
     target_rows: u64,
     settled_before: SystemTime,
 ) -> Vec<std::ops::Range<usize>> {
-    let rows = |f: &Candidate| f.footer.as_ref().map_or(u64::MAX, |f| f.rows);
+    let rows = |f: &Candidate| f.footer.rows;
     let mut runs = Vec::new();
     let mut start = 0;
     let mut total = 0u64;
