@@ -2,6 +2,7 @@
 -- title: Delegation chain deeper than three agents
 -- severity: medium
 -- owasp_nhi: NHI5
+-- per: chain
 -- description: >
 --   A side effect was reached through more than three nested agents (or a token's act chain of
 --   more than three actors). Every hop inherits what the one above could do, so deep delegation

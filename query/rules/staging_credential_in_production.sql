@@ -15,32 +15,31 @@ WITH placed AS (
                         resource_attributes['deployment.environment'],
                         k8s_cluster, '')) AS environment
   FROM spans WHERE credential_fp IS NOT NULL),
-places AS (
-  -- Environment names and issuers are few: each pair is classified once, not once per span
-  -- (three regular expressions over every span took minutes at 10M spans).
+classified AS (
+  -- Classified span by span (0.8 s over 10M spans), not through a list of distinct
+  -- environments: such a list is read from every span, whereas here a report's filter on
+  -- credential_fp reaches the scan of spans and its bloom filters.
   -- A name saying non-production wins over one that also says production: non-prod,
   -- pre-prod and prod-perf-test are not production.
-  SELECT environment, issuer,
-         regexp_like(environment,
-           '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox|perf)([^a-z]|$)')
-           AS in_non_production,
-         regexp_like(environment, '(^|[^a-z])(prod|production|prd|live)([^a-z]|$)') AS says_production,
-         regexp_like(issuer,
-           '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox)([^a-z]|$)')
-           AS non_production_issuer
-  FROM (SELECT DISTINCT environment, issuer FROM placed)),
-classified AS (
-  SELECT p.*, c.in_non_production, c.non_production_issuer,
-         c.says_production AND NOT c.in_non_production AS in_production
-  FROM placed p JOIN places c ON c.environment = p.environment AND c.issuer = p.issuer
+  SELECT *,
+         regexp_like(environment, '(^|[^a-z])(prod|production|prd|live)([^a-z]|$)')
+           AND NOT in_non_production AS in_production
+  FROM (SELECT *,
+               regexp_like(environment,
+                 '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox|perf)([^a-z]|$)')
+                 AS in_non_production,
+               regexp_like(issuer,
+                 '(^|[^a-z])(non-?prod|pre-?prod|staging|stage|stg|dev|development|test|testing|qa|uat|sandbox)([^a-z]|$)')
+                 AS non_production_issuer
+        FROM placed)),
+relevant AS (
   -- Only spans that can matter: in production, or with a sign of non-production.
-  WHERE (c.says_production AND NOT c.in_non_production) OR c.in_non_production
-     OR c.non_production_issuer),
+  SELECT * FROM classified WHERE in_production OR in_non_production OR non_production_issuer),
 flagged AS (
   -- The credentials to report, found with a few booleans per credential; only theirs then
   -- build the detail (service and environment lists per credential for every credential
   -- outgrew 1 GiB at 11M spans).
-  SELECT credential_fp FROM classified
+  SELECT credential_fp FROM relevant
   GROUP BY credential_fp
   HAVING bool_or(in_production) AND (bool_or(non_production_issuer) OR bool_or(in_non_production)))
 SELECT max(start_time) FILTER (WHERE in_production) AS time,
@@ -55,6 +54,6 @@ SELECT max(start_time) FILTER (WHERE in_production) AS time,
                    ELSE '' END) AS detail,
        first_value(trace_id ORDER BY in_production DESC, start_time DESC) AS trace_id,
        first_value(span_id ORDER BY in_production DESC, start_time DESC) AS span_id
-FROM classified
+FROM relevant
 WHERE credential_fp IN (SELECT credential_fp FROM flagged)
 GROUP BY credential_fp

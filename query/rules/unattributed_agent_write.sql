@@ -2,6 +2,7 @@
 -- title: Agent write with no human or approved owner behind it
 -- severity: high
 -- owasp_nhi: NHI1
+-- per: chain
 -- description: >
 --   An agent changed something (a row written, a message sent, an unsafe HTTP call) and neither
 --   a human at the head of its chain nor an approved, unexpired owner of the agent, its

@@ -10,8 +10,17 @@
 //! -- severity: medium            (critical, high, medium or low)
 //! -- owasp_nhi: NHI7             (its OWASP Non-Human Identities Top 10 (2025) item)
 //! -- description: Why it matters and what to do.
+//! -- per: subject                (optional; `chain` for a rule that judges single chains)
 //! SELECT time, subject_kind, subject_id, detail, trace_id, span_id FROM ...
 //! ```
+//!
+//! `per` says what one finding stands for, and so how an incident report picks the findings of
+//! its scope without running the rule over the whole store: a `subject` rule judges an
+//! identity or workload over all it did, and a report filters it by `subject_id` (a filter on
+//! the rule's grouping key, which DataFusion pushes down to the scans); a `chain` rule judges
+//! one chain, and a report filters it by the chain's `trace_id`. The filter must reach the
+//! scans for a report to be fast: write a `subject` rule so that its subject is a grouping key
+//! and no part of it reads the whole store regardless (ADR 12).
 //!
 //! The query answers the columns of [`FINDING_COLUMNS`]. Every rule is planned when the engine
 //! starts, so a broken rule file stops start-up with its name rather than failing later.
@@ -126,6 +135,27 @@ impl Severity {
     }
 }
 
+/// What one finding of a rule stands for (the header's `per`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    /// An identity or workload, judged over all it did: matched to an incident by
+    /// `subject_kind`/`subject_id`.
+    #[default]
+    Subject,
+    /// One chain: matched to an incident by its `trace_id`.
+    Chain,
+}
+
+impl Per {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Per::Subject => "subject",
+            Per::Chain => "chain",
+        }
+    }
+}
+
 /// One detection rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -135,6 +165,7 @@ pub struct Rule {
     /// `NHI1` … `NHI10`.
     pub owasp_nhi: String,
     pub description: String,
+    pub per: Per,
     /// The query, without its header.
     pub sql: String,
     /// Where it came from: `built-in` or the file's path.
@@ -149,6 +180,8 @@ struct Header {
     severity: Severity,
     owasp_nhi: String,
     description: String,
+    #[serde(default)]
+    per: Per,
 }
 
 impl Rule {
@@ -200,6 +233,7 @@ impl Rule {
             severity: header.severity,
             owasp_nhi: header.owasp_nhi,
             description: header.description.trim().to_string(),
+            per: header.per,
             sql,
             origin: origin.to_string(),
         })
@@ -313,6 +347,7 @@ fn register_rules_table(ctx: &SessionContext, rules: &[Rule]) -> Result<()> {
         ("owasp_nhi", text(&|r| &r.owasp_nhi)),
         ("owasp_title", text(&|r| r.owasp_title())),
         ("description", text(&|r| &r.description)),
+        ("per", text(&|r| r.per.as_str())),
         ("origin", text(&|r| &r.origin)),
     ];
     let mut columns = columns;
@@ -415,6 +450,17 @@ mod tests {
         }
         // Most severe first.
         assert!(rules.windows(2).all(|w| w[0].severity <= w[1].severity));
+        // The rules that judge one chain say so; a report matches them by trace (ADR 12).
+        let per_chain: Vec<&str> = rules
+            .iter()
+            .filter(|r| r.per == Per::Chain)
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(
+            per_chain,
+            ["unattributed_agent_write", "delegation_too_deep"],
+            "rules judging one chain"
+        );
     }
 
     #[test]
@@ -439,6 +485,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("NHI11"), "{err}");
+        let err = Rule::parse(
+            "-- id: ok\n-- title: t\n-- severity: low\n-- owasp_nhi: NHI1\n-- description: d\n\
+             -- per: span\nSELECT 1",
+            "r.sql",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("per"), "{err}");
     }
 
     #[test]

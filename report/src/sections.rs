@@ -11,6 +11,7 @@ use crate::error::{ReportError, Result};
 use crate::graph::{ChainDrawing, ChainShapes};
 use crate::scope::{Scope, ScopeInfo, in_list, literal, rfc3339, with_clause};
 use crate::table::Table;
+use idtrail_query::findings::Per;
 
 /// How much a report holds.
 #[derive(Debug, Clone)]
@@ -306,46 +307,89 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
     })
 }
 
-/// The findings on an identity or a trace in scope. Printed as one query over the `findings`
-/// view; run one rule at a time, in the printed order (severity, then rule id), because the
-/// view runs every rule in one plan and their aggregations together outgrow the per-query
-/// memory limit at 10M spans while each alone fits.
+/// The findings of the incident: those of `subject` rules on an identity or workload of a chain
+/// in scope, and those of `chain` rules on a trace in scope (`per` in the rule's header,
+/// ADR 12). Printed as one query over the `findings` view. Executed rule by rule, with the
+/// scope's subjects and traces as literal lists: DataFusion pushes a filter on a rule's
+/// subject (its grouping key) or trace down to the scans, where bloom filters skip nearly every
+/// row group, so a report pays for its own identities, not for evaluating every rule over the
+/// whole store (15 s at 10M spans; see BENCHMARKS.md).
 async fn findings(
     engine: &QueryEngine,
     queries: &ScopedQueries<'_>,
     limit: usize,
     max_rows: usize,
 ) -> Result<(String, Table)> {
-    let matched = |source: &str| {
-        format!(
-            "matched AS (\n  \
-               SELECT f.* FROM {source} f\n  \
-               LEFT JOIN subjects s ON s.kind = f.subject_kind AND s.id = f.subject_id\n  \
-               LEFT JOIN traces t ON t.trace_id = f.trace_id\n  \
-               WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)"
-        )
-    };
-    let sql = |source: &str| {
-        queries.sql(
+    const SUBJECTS: &str = "subjects AS (\n  \
+           SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
+           FROM (SELECT unnest(path) AS step FROM scoped)\n  \
+           UNION\n  \
+           SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
+           WHERE effect_service IS NOT NULL)";
+    const TRACES: &str = "traces AS (SELECT DISTINCT trace_id FROM scoped)";
+    const COLUMNS: [&str; 9] = [
+        "severity",
+        "rule_id",
+        "owasp_nhi",
+        "title",
+        "subject_kind",
+        "subject_id",
+        "detail",
+        "time",
+        "trace_id",
+    ];
+    let select = format!("SELECT {}", COLUMNS.join(", "));
+    let order = format!("ORDER BY severity_rank, rule_id, subject_id, time\nLIMIT {limit}");
+    let printed = queries
+        .sql(
             &[
-                "subjects AS (\n  \
-                   SELECT DISTINCT step['kind'] AS kind, step['id'] AS id\n  \
-                   FROM (SELECT unnest(path) AS step FROM scoped)\n  \
-                   UNION\n  \
-                   SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
-                   WHERE effect_service IS NOT NULL)",
-                "traces AS (SELECT DISTINCT trace_id FROM scoped)",
-                &matched(source),
+                SUBJECTS,
+                TRACES,
+                "matched AS (\n  \
+                   SELECT f.* FROM findings f\n  \
+                   JOIN detection_rules r ON r.id = f.rule_id\n  \
+                   LEFT JOIN subjects s\n    \
+                     ON r.per = 'subject' AND s.kind = f.subject_kind AND s.id = f.subject_id\n  \
+                   LEFT JOIN traces t ON r.per = 'chain' AND t.trace_id = f.trace_id\n  \
+                   WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)",
             ],
-            &format!(
-                "SELECT severity, rule_id, owasp_nhi, title, subject_kind, subject_id, detail, time,\n       \
-                        trace_id\n\
-                 FROM matched\n\
-                 ORDER BY severity_rank, rule_id, subject_id, time\n\
-                 LIMIT {limit}"
-            ),
+            &format!("{select}\nFROM matched\n{order}"),
         )
+        .printed;
+
+    let listed = |cte: &'static str, body: &'static str| async move {
+        run(
+            engine,
+            "findings",
+            &queries.sql(&[cte], body).executed,
+            usize::MAX,
+        )
+        .await
     };
+    let subjects = listed(SUBJECTS, "SELECT kind, id FROM subjects ORDER BY kind, id").await?;
+    let mut ids_by_kind: Vec<(String, Vec<String>)> = Vec::new();
+    for row in 0..subjects.rows.len() {
+        let (kind, id) = (subjects.text(row, "kind"), subjects.text(row, "id"));
+        match ids_by_kind.last_mut() {
+            Some((last, ids)) if *last == kind => ids.push(id),
+            _ => ids_by_kind.push((kind, vec![id])),
+        }
+    }
+    let by_subject = ids_by_kind
+        .iter()
+        .map(|(kind, ids)| {
+            format!(
+                "(subject_kind = {} AND {})",
+                literal(kind),
+                in_list("subject_id", ids)
+            )
+        })
+        .collect::<Vec<_>>();
+    let traces = listed(TRACES, "SELECT trace_id FROM traces ORDER BY trace_id").await?;
+    let trace_ids: Vec<String> = (0..traces.rows.len())
+        .map(|row| traces.text(row, "trace_id"))
+        .collect();
+
     let mut rules: Vec<_> = engine.rules().iter().collect();
     rules.sort_by(|a, b| (a.severity.rank(), &a.id).cmp(&(b.severity.rank(), &b.id)));
     let mut table = Table::default();
@@ -355,23 +399,32 @@ async fn findings(
         if table.truncated || table.rows.len() > max_rows {
             break;
         }
-        // The view's other branches are constant-false under this filter and planned away.
-        let source = format!(
-            "(SELECT * FROM findings WHERE rule_id = {})",
+        let matching = match rule.per {
+            Per::Subject if !by_subject.is_empty() => by_subject.join("\n    OR "),
+            Per::Chain if !trace_ids.is_empty() => in_list("trace_id", &trace_ids),
+            _ => continue,
+        };
+        // The view's other rules are constant-false under the rule_id filter and planned away.
+        let executed = format!(
+            "{select}\nFROM findings\nWHERE rule_id = {}\n  AND ({matching})\n{order}",
             literal(&rule.id)
         );
-        let part = run(engine, "findings", &sql(&source).executed, max_rows).await?;
+        let part = run(engine, "findings", &executed, max_rows).await?;
         if table.columns.is_empty() {
             table.columns = part.columns;
         }
         table.truncated |= part.truncated;
         table.rows.extend(part.rows);
     }
+    if table.columns.is_empty() {
+        // No rule ran (nothing in scope): the columns are still the printed query's.
+        table.columns = COLUMNS.iter().map(|c| c.to_string()).collect();
+    }
     if table.rows.len() > max_rows {
         table.rows.truncate(max_rows);
         table.truncated = true;
     }
-    Ok((sql("findings").printed, table))
+    Ok((printed, table))
 }
 
 /// The credentials to revoke, as the printed query answers them, in two steps: the candidates
