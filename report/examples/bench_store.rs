@@ -81,7 +81,7 @@ async fn report(
     engine: &QueryEngine,
     scope: &Scope,
     findings: bool,
-) -> Result<(Duration, usize), String> {
+) -> Result<(Duration, usize, String), String> {
     let started = Instant::now();
     let options = ReportOptions {
         findings,
@@ -98,7 +98,13 @@ async fn report(
             )
         })?;
     let rows = report.sections.iter().map(|s| s.table.rows.len()).sum();
-    Ok((started.elapsed(), rows))
+    let sections = report
+        .sections
+        .iter()
+        .map(|s| format!("{} {}", s.id, s.elapsed_ms))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok((started.elapsed(), rows, sections))
 }
 
 async fn findings(engine: &QueryEngine) -> Result<(Duration, usize), String> {
@@ -120,11 +126,12 @@ fn median(mut times: Vec<Duration>) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let usage = "usage: bench_store DATA_DIR [--queries-only]";
+    let usage = "usage: bench_store DATA_DIR [--queries-only | --reports-only]";
     let data_dir: PathBuf = std::env::args().nth(1).expect(usage).into();
-    let queries_only = match std::env::args().nth(2).as_deref() {
-        None => false,
-        Some("--queries-only") => true,
+    let (queries_only, reports_only) = match std::env::args().nth(2).as_deref() {
+        None => (false, false),
+        Some("--queries-only") => (true, false),
+        Some("--reports-only") => (false, true),
         Some(_) => panic!("{usage}"),
     };
     let setup = QueryEngine::new(options(&data_dir)).await.expect("engine");
@@ -195,7 +202,7 @@ async fn main() {
     ];
     println!("| query | rows | cold ms | warm ms (median of 5) | target ms |");
     println!("|---|---:|---:|---:|---:|");
-    for (name, sql, target) in queries {
+    for (name, sql, target) in queries.into_iter().filter(|_| !reports_only) {
         let engine = QueryEngine::new(options(&data_dir)).await.expect("engine");
         let (cold, rows) = run(&engine, &sql).await;
         let mut warm = Vec::new();
@@ -223,15 +230,20 @@ async fn main() {
             false,
         ),
         ("a typical credential, with findings", &typical, true),
+        ("the busiest credential, with findings", &credential, true),
     ] {
         let scope = Scope::new(Subject::Credential(credential.clone()), None, None).expect("scope");
         let engine = QueryEngine::new(options(&data_dir)).await.expect("engine");
         match report(&engine, &scope, findings).await {
-            Ok((cold, rows)) => {
+            Ok((cold, rows, cold_sections)) => {
                 let mut warm = Vec::new();
+                let mut warm_sections = String::new();
                 for _ in 0..5 {
                     match report(&engine, &scope, findings).await {
-                        Ok((time, _)) => warm.push(time),
+                        Ok((time, _, sections)) => {
+                            warm.push(time);
+                            warm_sections = sections;
+                        }
                         Err(e) => {
                             println!("| (a warm repeat failed: {e}) | | | | |");
                             break;
@@ -245,6 +257,9 @@ async fn main() {
                     "| incident report, {name} (all sections) | {rows} | {:.1} | {:.1} | < 1000 |",
                     cold.as_secs_f64() * 1e3,
                     median(warm)
+                );
+                println!(
+                    "|   ms by section, cold: {cold_sections}; last warm: {warm_sections} | | | | |"
                 );
             }
             Err(e) => {

@@ -71,6 +71,9 @@ pub struct Section {
     pub table: Table,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub chains: Vec<ChainDrawing>,
+    /// Time its queries took, in milliseconds (the scope's own query counts towards the
+    /// report's total only).
+    pub elapsed_ms: u64,
 }
 
 impl Report {
@@ -84,6 +87,8 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
     let started = Instant::now();
     let queries = ScopedQueries::new(engine, scope).await?;
     let engine = &queries.engine;
+    // Each section's time runs from the end of the one before.
+    let mut mark = Instant::now();
     let limit = options.max_rows + 1;
     let mut sections = Vec::new();
 
@@ -115,6 +120,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 .unwrap_or(serde_json::Value::Null),
         })
         .collect();
+    let summary_ms = since(&mut mark);
 
     // Streamed, not sorted: only the distinct shapes are kept, whatever the number of chains.
     let chains_sql = queries.sql(&[], "SELECT path, time, traceable, trace_id FROM scoped");
@@ -157,16 +163,22 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
             drawing.example_trace_id.clone().into(),
         ]);
     }
-    sections.push(Section {
-        id: "chains",
-        title: "Chains",
-        intro: "Each distinct chain (user → agents → credential → API hops → effect) in scope, \
+    push_timed(
+        &mut sections,
+        &mut mark,
+        Section {
+            id: "chains",
+            title: "Chains",
+            intro:
+                "Each distinct chain (user → agents → credential → API hops → effect) in scope, \
                 drawn once with how often it occurred."
-            .into(),
-        sql: vec![chains_sql.printed],
-        table: chains_table,
-        chains: drawings,
-    });
+                    .into(),
+            sql: vec![chains_sql.printed],
+            table: chains_table,
+            chains: drawings,
+            elapsed_ms: 0,
+        },
+    );
 
     let timeline_sql = queries.sql(
         &[],
@@ -177,18 +189,27 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
          FROM scoped ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
         ),
     );
-    sections.push(Section {
-        id: "timeline",
-        title: "Timeline of actions",
-        intro: "Every side effect in scope (newest revision of its chain), oldest first: what \
+    push_timed(
+        &mut sections,
+        &mut mark,
+        Section {
+            id: "timeline",
+            title: "Timeline of actions",
+            intro: "Every side effect in scope (newest revision of its chain), oldest first: what \
                 was done, by whom, through which agents and with which credential."
-            .into(),
-        table: run(engine, "timeline", &timeline_sql.executed, options.max_rows).await?,
-        sql: vec![timeline_sql.printed],
-        chains: Vec::new(),
-    });
+                .into(),
+            table: run(engine, "timeline", &timeline_sql.executed, options.max_rows).await?,
+            sql: vec![timeline_sql.printed],
+            chains: Vec::new(),
+            elapsed_ms: 0,
+        },
+    );
 
-    sections.push(blast_radius(&queries, scope, options).await?);
+    push_timed(
+        &mut sections,
+        &mut mark,
+        blast_radius(&queries, scope, options).await?,
+    );
 
     let revoke_ctes = [
         "involved AS (\n  \
@@ -231,17 +252,22 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
     };
     let revoke_sql = queries.sql(&revoke_ctes, &revoke_body(""));
     let revoke_table = revoke(engine, &queries, &revoke_ctes, &revoke_body, options).await?;
-    sections.push(Section {
-        id: "revoke",
-        title: "Credentials to revoke",
-        intro: "Every credential on a chain in scope, and every token exchanged from one of \
+    push_timed(
+        &mut sections,
+        &mut mark,
+        Section {
+            id: "revoke",
+            title: "Credentials to revoke",
+            intro: "Every credential on a chain in scope, and every token exchanged from one of \
                 them (up to three exchanges away): rotate or revoke these. `seen_in` lists the \
                 services that carried each."
-            .into(),
-        table: revoke_table,
-        sql: vec![revoke_sql.printed],
-        chains: Vec::new(),
-    });
+                .into(),
+            table: revoke_table,
+            sql: vec![revoke_sql.printed],
+            chains: Vec::new(),
+            elapsed_ms: 0,
+        },
+    );
 
     let unattributed_sql = queries.sql(
         &[],
@@ -253,37 +279,48 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
          ORDER BY time, trace_id, effect_span_id LIMIT {limit}"
         ),
     );
-    sections.push(Section {
-        id: "unattributed",
-        title: "Actions nobody can be attributed to",
-        intro: "Side effects with neither a human at the head of their chain nor an approved \
+    push_timed(
+        &mut sections,
+        &mut mark,
+        Section {
+            id: "unattributed",
+            title: "Actions nobody can be attributed to",
+            intro: "Side effects with neither a human at the head of their chain nor an approved \
                 owner vouching for an agent, credential or service on it. `missing` names the \
                 links the traces did not show."
-            .into(),
-        table: run(
-            engine,
-            "unattributed",
-            &unattributed_sql.executed,
-            options.max_rows,
-        )
-        .await?,
-        sql: vec![unattributed_sql.printed],
-        chains: Vec::new(),
-    });
+                .into(),
+            table: run(
+                engine,
+                "unattributed",
+                &unattributed_sql.executed,
+                options.max_rows,
+            )
+            .await?,
+            sql: vec![unattributed_sql.printed],
+            chains: Vec::new(),
+            elapsed_ms: 0,
+        },
+    );
 
     if options.findings {
         let (printed, table) = findings(engine, &queries, limit, options.max_rows).await?;
-        sections.push(Section {
-            id: "findings",
-            title: "Findings",
-            intro: "Detection rules (`idtrail findings --list`) that fired on an identity or a \
+        push_timed(
+            &mut sections,
+            &mut mark,
+            Section {
+                id: "findings",
+                title: "Findings",
+                intro:
+                    "Detection rules (`idtrail findings --list`) that fired on an identity or a \
                 trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
                 item."
-                .into(),
-            table,
-            sql: vec![printed],
-            chains: Vec::new(),
-        });
+                        .into(),
+                table,
+                sql: vec![printed],
+                chains: Vec::new(),
+                elapsed_ms: 0,
+            },
+        );
     }
 
     sections.insert(
@@ -295,6 +332,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
             sql: vec![summary_sql.printed],
             table: summary,
             chains: Vec::new(),
+            elapsed_ms: summary_ms,
         },
     );
     Ok(Report {
@@ -534,7 +572,21 @@ async fn blast_radius(
         sql,
         table,
         chains: Vec::new(),
+        elapsed_ms: 0,
     })
+}
+
+/// Adds `section` with the time since `mark` as its own; `mark` moves to now.
+fn push_timed(sections: &mut Vec<Section>, mark: &mut Instant, mut section: Section) {
+    section.elapsed_ms = since(mark);
+    sections.push(section);
+}
+
+/// Milliseconds since `mark`, which moves to now.
+fn since(mark: &mut Instant) -> u64 {
+    let elapsed = mark.elapsed().as_millis() as u64;
+    *mark = Instant::now();
+    elapsed
 }
 
 /// A section's query twice over: as printed, with the scope's CTEs so that it runs as it

@@ -183,6 +183,11 @@ fn table(out: &mut String, table: &Table, by_severity: bool) {
 }
 
 fn sql(out: &mut String, section: &Section) {
+    let _ = writeln!(
+        out,
+        "<p class=\"meta\">Answered in {} ms.</p>",
+        section.elapsed_ms
+    );
     for query in &section.sql {
         let _ = writeln!(
             out,

@@ -54,6 +54,7 @@ pub fn markdown(report: &Report) -> String {
             }
             _ => table(&mut out, &section.table),
         }
+        let _ = writeln!(out, "Answered in {} ms.\n", section.elapsed_ms);
         for sql in &section.sql {
             let fence = fence(sql);
             let _ = writeln!(
