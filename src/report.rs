@@ -51,8 +51,8 @@ pub struct ReportArgs {
     /// Distinct chains drawn.
     #[arg(long, default_value_t = 25)]
     pub max_chains: usize,
-    /// Leave out the findings section: it runs every detection rule over all data, the slow
-    /// part of a report on a large store.
+    /// Leave out the findings section (every detection rule, each filtered to the identities
+    /// and traces in scope).
     #[arg(long)]
     pub no_findings: bool,
     #[command(flatten)]

@@ -1,6 +1,11 @@
 //! The report's sections: each is SQL over the query layer plus its answer.
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Instant;
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 
 use chrono::Utc;
 use futures::StreamExt;
@@ -24,8 +29,8 @@ pub struct ReportOptions {
     pub max_depth: u32,
     /// Credentials whose blast radius is shown when the scope is not one identity.
     pub max_blast_credentials: usize,
-    /// Include the findings section. The `findings` view runs every detection rule over all
-    /// data, which dominates a report's cost on a large store (see BENCHMARKS.md).
+    /// Include the findings section: every detection rule, filtered to the identities and
+    /// traces in scope before it runs (ADR 12).
     pub findings: bool,
 }
 
@@ -211,7 +216,15 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         blast_radius(&queries, scope, options).await?,
     );
 
-    let revoke_ctes = [
+    let candidates = format!(
+        "candidates AS (\n  \
+           SELECT credential_fp, {} AS reason FROM involved\n  \
+           UNION ALL\n  \
+           SELECT credential_fp, {} AS reason FROM derived)",
+        literal(USED_IN_SCOPE),
+        literal(EXCHANGED_FROM_SCOPE)
+    );
+    let revoke_ctes: [&str; 6] = [
         "involved AS (\n  \
                SELECT DISTINCT step['id'] AS credential_fp\n  \
                FROM (SELECT unnest(path) AS step FROM scoped)\n  \
@@ -232,10 +245,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                SELECT credential_fp FROM hop1 UNION SELECT credential_fp FROM hop2\n  \
                UNION SELECT credential_fp FROM hop3\n  \
                EXCEPT SELECT credential_fp FROM involved)",
-        "candidates AS (\n  \
-               SELECT credential_fp, 'used in scope' AS reason FROM involved\n  \
-               UNION ALL\n  \
-               SELECT credential_fp, 'exchanged from a credential in scope' AS reason FROM derived)",
+        &candidates,
     ];
     let revoke_body = |narrowed: &str| {
         format!(
@@ -251,7 +261,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
         )
     };
     let revoke_sql = queries.sql(&revoke_ctes, &revoke_body(""));
-    let revoke_table = revoke(engine, &queries, &revoke_ctes, &revoke_body, options).await?;
+    let revoke_table = revoke(engine, &queries, revoke_ctes[0], &revoke_body, options).await?;
     push_timed(
         &mut sections,
         &mut mark,
@@ -347,8 +357,9 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
 
 /// The findings of the incident: those of `subject` rules on an identity or workload of a chain
 /// in scope, and those of `chain` rules on a trace in scope (`per` in the rule's header,
-/// ADR 12). Printed as one query over the `findings` view. Executed rule by rule, with the
-/// scope's subjects and traces as literal lists: DataFusion pushes a filter on a rule's
+/// ADR 12). Printed as one query over the `findings` view. Executed rule by rule, each over
+/// the rule's own query rather than the view (planning the view of every rule cost about
+/// 100 ms a time), with the scope's subjects and traces as literal lists: DataFusion pushes a filter on a rule's
 /// subject (its grouping key) or trace down to the scans, where bloom filters skip nearly every
 /// row group, so a report pays for its own identities, not for evaluating every rule over the
 /// whole store (15 s at 10M spans; see BENCHMARKS.md).
@@ -442,10 +453,9 @@ async fn findings(
             Per::Chain if !trace_ids.is_empty() => in_list("trace_id", &trace_ids),
             _ => continue,
         };
-        // The view's other rules are constant-false under the rule_id filter and planned away.
         let executed = format!(
-            "{select}\nFROM findings\nWHERE rule_id = {}\n  AND ({matching})\n{order}",
-            literal(&rule.id)
+            "{select}\nFROM ({}) AS findings\nWHERE {matching}\n{order}",
+            rule.findings_sql()
         );
         let part = run(engine, "findings", &executed, max_rows).await?;
         if table.columns.is_empty() {
@@ -465,14 +475,19 @@ async fn findings(
     Ok((printed, table))
 }
 
-/// The credentials to revoke, as the printed query answers them, in two steps: the candidates
-/// first, then the spans of those credentials only, named in a literal list. Joined in one
-/// query, the spans side scanned every span (2.4 s at 10M spans); the list reaches the Parquet
-/// scan as a filter.
+/// What the printed query's `candidates` say of a credential.
+const USED_IN_SCOPE: &str = "used in scope";
+const EXCHANGED_FROM_SCOPE: &str = "exchanged from a credential in scope";
+
+/// The credentials to revoke, as the printed query answers them, in steps that each name what
+/// they look up in a literal list, which reaches the Parquet scans and their bloom filters:
+/// the credentials on the chains in scope; the tokens exchanged from them, one hop at a time
+/// (`derived_from` edges by `dst_id`); then the spans of those credentials. Joined in one query,
+/// each hop read every edge (0.5 s at 2.8M edge rows) and the spans side every span.
 async fn revoke(
     engine: &QueryEngine,
     queries: &ScopedQueries<'_>,
-    ctes: &[&str],
+    involved_cte: &str,
     body: &dyn Fn(&str) -> String,
     options: &ReportOptions,
 ) -> Result<Table> {
@@ -480,24 +495,58 @@ async fn revoke(
         section: "revoke",
         source,
     };
-    let candidates_sql = queries.sql(ctes, "SELECT credential_fp, reason FROM candidates");
-    let (schema, batches) = engine
-        .sql(&candidates_sql.executed, Vec::new())
-        .await
-        .map_err(failed)?;
-    let listed = Table::from_batches(
-        schema.fields().iter().map(|f| f.name().clone()).collect(),
-        &batches,
-        usize::MAX,
+    let texts = |table: Table, column: &str| -> Vec<String> {
+        (0..table.rows.len())
+            .map(|r| table.text(r, column))
+            .collect()
+    };
+    let involved_sql = queries.sql(
+        &[involved_cte],
+        "SELECT credential_fp FROM involved ORDER BY credential_fp",
     );
-    let mut fps: Vec<String> = (0..listed.rows.len())
-        .map(|r| listed.text(r, "credential_fp"))
-        .collect();
-    fps.sort();
-    fps.dedup();
+    let involved = texts(
+        run(engine, "revoke", &involved_sql.executed, usize::MAX).await?,
+        "credential_fp",
+    );
+    let mut seen: BTreeSet<String> = involved.iter().cloned().collect();
+    let mut derived = Vec::new();
+    let mut frontier = involved.clone();
+    // Three hops, as the printed query's hop1..hop3.
+    for _ in 0..3 {
+        if frontier.is_empty() {
+            break;
+        }
+        let hop = format!(
+            "SELECT DISTINCT src_id FROM edges\n\
+             WHERE relation = 'derived_from' AND {}",
+            in_list("dst_id", &frontier)
+        );
+        frontier = texts(run(engine, "revoke", &hop, usize::MAX).await?, "src_id")
+            .into_iter()
+            .filter(|fp| seen.insert(fp.clone()))
+            .collect();
+        derived.extend(frontier.iter().cloned());
+    }
+    let reasons = std::iter::repeat_n(USED_IN_SCOPE, involved.len())
+        .chain(std::iter::repeat_n(EXCHANGED_FROM_SCOPE, derived.len()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("credential_fp", DataType::Utf8, false),
+        Field::new("reason", DataType::Utf8, false),
+    ]));
+    let candidates = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                involved.iter().chain(&derived),
+            )),
+            Arc::new(StringArray::from_iter_values(reasons)),
+        ],
+    )
+    .map_err(|e| failed(idtrail_query::QueryError::storage("listing candidates", e)))?;
+    let fps: Vec<&String> = seen.iter().collect();
     let narrowed = format!("\nWHERE {}", in_list("s.credential_fp", &fps));
     let engine = engine
-        .with_batches("candidates", schema, batches)
+        .with_batches("candidates", schema, vec![candidates])
         .map_err(failed)?;
     run(&engine, "revoke", &body(&narrowed), options.max_rows).await
 }
