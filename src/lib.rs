@@ -6,6 +6,7 @@ pub mod demo;
 pub mod export;
 pub mod findings;
 pub mod query;
+pub mod remote;
 pub mod report;
 pub mod restitch;
 pub mod serve;

@@ -16,7 +16,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
@@ -29,7 +29,10 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde_json::Value;
 
+use crate::remote::Remote;
+
 const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+const QUERY_ROUTE: &str = "/v1/query";
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -69,19 +72,8 @@ pub struct AnswerArgs {
     /// output is a terminal).
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Ask a running collector (its HTTP address, e.g. http://127.0.0.1:4318) instead of
-    /// reading the data directory; --config, --data-dir and --set are then not used.
-    #[arg(long, value_name = "URL")]
-    pub server: Option<String>,
-    /// Bearer key for --server, one of the collector's query.auth_keys_file (prefer the
-    /// environment variable: arguments show in the process list).
-    #[arg(
-        long,
-        env = "IDTRAIL_QUERY_TOKEN",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub token: Option<String>,
+    #[command(flatten)]
+    pub remote: crate::remote::ServerArgs,
     #[command(flatten)]
     pub data: crate::DataArgs,
 }
@@ -212,53 +204,22 @@ fn run_script(
 
 enum Backend {
     Local(QueryEngine),
-    Remote {
-        client: reqwest::Client,
-        url: String,
-        token: Option<String>,
-    },
+    Remote(Remote),
 }
 
 impl Backend {
     async fn open(args: &AnswerArgs) -> anyhow::Result<Backend> {
-        if let Some(server) = &args.server {
-            return Backend::remote(server, args.token.clone());
+        if let Some(remote) = args.remote.remote()? {
+            return Ok(Backend::Remote(remote));
         }
         let engine = args.data.open_engine().await?;
         Ok(Backend::Local(engine))
     }
 
-    fn remote(server: &str, token: Option<String>) -> anyhow::Result<Backend> {
-        let base = server.trim().trim_end_matches('/');
-        if base.starts_with("https://") {
-            bail!(
-                "--server {base}: this build speaks plain HTTP only (as the collector serves it); \
-                 reach a remote collector through an SSH tunnel"
-            );
-        }
-        if !base.starts_with("http://") {
-            bail!("--server {base}: expected an http:// URL, e.g. http://127.0.0.1:4318");
-        }
-        let url = if base.ends_with("/v1/query") {
-            base.to_string()
-        } else {
-            format!("{base}/v1/query")
-        };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Backend::Remote {
-            client,
-            url,
-            token: token.filter(|t| !t.trim().is_empty()),
-        })
-    }
-
     fn describe(&self) -> String {
         match self {
             Backend::Local(engine) => engine.options().data_dir.display().to_string(),
-            Backend::Remote { url, .. } => url.clone(),
+            Backend::Remote(remote) => remote.url(QUERY_ROUTE),
         }
     }
 
@@ -283,41 +244,18 @@ impl Backend {
                 }
                 Ok(())
             }
-            Backend::Remote { client, url, token } => {
+            Backend::Remote(remote) => {
                 let params: Vec<Value> = params.iter().map(|p| param_value(p, None)).collect();
                 let body = serde_json::json!({ "sql": sql, "params": params });
-                let mut request = client
-                    .post(url.as_str())
-                    .header("content-type", "application/json")
-                    .header("accept", ARROW_STREAM)
-                    .body(body.to_string());
-                if let Some(token) = token {
-                    request = request.bearer_auth(token);
-                }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
-                let status = response.status();
-                let is_arrow = response
-                    .headers()
-                    .get("content-type")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with(ARROW_STREAM));
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| anyhow!("reading the answer of {url}: {}", error_chain(&e)))?;
-                if !status.is_success() {
-                    bail!("{}", remote_error(status, &bytes));
-                }
-                if !is_arrow {
+                let answer = remote.post_json(QUERY_ROUTE, &body, ARROW_STREAM).await?;
+                if !answer.content_type.starts_with(ARROW_STREAM) {
                     bail!(
-                        "{url} did not answer with an Arrow IPC stream (is it an idtrail collector?)"
+                        "{} did not answer with an Arrow IPC stream (is it an idtrail collector?)",
+                        remote.url(QUERY_ROUTE)
                     );
                 }
                 let reader =
-                    arrow::ipc::reader::StreamReader::try_new(io::Cursor::new(bytes), None)
+                    arrow::ipc::reader::StreamReader::try_new(io::Cursor::new(answer.body), None)
                         .context("decoding the Arrow IPC answer")?;
                 sink.begin(reader.schema())?;
                 for batch in reader {
@@ -327,36 +265,6 @@ impl Backend {
             }
         }
     }
-}
-
-/// The message of a failed `/v1/query`: its JSON `error`, else the status and the start of
-/// the body.
-fn remote_error(status: reqwest::StatusCode, body: &[u8]) -> String {
-    if let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(body)
-        && let Some(Value::String(message)) = object.get("error")
-    {
-        return message.clone();
-    }
-    let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(200).collect();
-    if text.is_empty() {
-        format!("the server answered {status}")
-    } else {
-        format!("the server answered {status}: {text}")
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = inner.source();
-    }
-    message
 }
 
 /// A `--param` as the JSON value bound: a JSON number, boolean, null or string as that, any

@@ -1,5 +1,5 @@
-//! `idtrail serve`: the collector, with the query front ends beside it — `POST /v1/query` on
-//! the HTTP port and Arrow Flight SQL on `query.flight_sql_address`.
+//! `idtrail serve`: the collector, with the query front ends beside it — `POST /v1/query` and
+//! `GET /v1/report` on the HTTP port and Arrow Flight SQL on `query.flight_sql_address`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,7 +36,8 @@ pub async fn run_with(
         None => None,
     };
     let routes =
-        idtrail_query::http::router(engine.clone(), auth.clone(), config.query.max_json_rows);
+        idtrail_query::http::router(engine.clone(), auth.clone(), config.query.max_json_rows)
+            .merge(idtrail_report::http::router(engine.clone(), auth.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let flight = match config.query.flight_sql_address {

@@ -31,6 +31,22 @@ pub fn authenticate(
     }
 }
 
+/// [`authenticate`] for an HTTP request: its `Authorization` header, and the peer the
+/// listener put in its extensions. One check for every HTTP query route.
+pub fn authenticate_http(
+    keys: Option<&BearerKeys>,
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Result<()> {
+    authenticate(
+        keys,
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        Peer::of(extensions),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use datafusion::common::ScalarValue;
-use idtrail_collector::listener::Peer;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -70,10 +69,15 @@ async fn query(
 }
 
 fn error_response(e: &QueryError) -> Response {
+    json_error(e.http_status(), &e.to_string())
+}
+
+/// The body of every HTTP query route's errors: `{"error": "..."}`.
+pub fn json_error(status: StatusCode, message: &str) -> Response {
     (
-        e.http_status(),
+        status,
         [(header::CONTENT_TYPE, "application/json")],
-        json!({ "error": e.to_string() }).to_string(),
+        json!({ "error": message }).to_string(),
     )
         .into_response()
 }
@@ -84,13 +88,7 @@ async fn answer(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response> {
-    crate::auth::authenticate(
-        state.auth.as_deref(),
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok()),
-        Peer::of(extensions),
-    )?;
+    crate::auth::authenticate_http(state.auth.as_deref(), headers, extensions)?;
     let request = parse_request(headers, body)?;
     let params = request
         .params

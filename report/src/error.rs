@@ -1,5 +1,6 @@
-//! The report crate's one error type.
+//! The report crate's one error type, and the HTTP status each error answers with.
 
+use axum::http::StatusCode;
 use idtrail_query::QueryError;
 
 pub type Result<T, E = ReportError> = std::result::Result<T, E>;
@@ -16,4 +17,31 @@ pub enum ReportError {
         #[source]
         source: QueryError,
     },
+    /// The report could not be written as JSON.
+    #[error("serialising the report")]
+    Serialise(#[from] serde_json::Error),
+}
+
+impl ReportError {
+    /// The status `GET /v1/report` answers with: a bad request is the caller's to fix; a
+    /// failed section keeps its query's status (memory limit, timeout, storage).
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            ReportError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ReportError::Query { source, .. } => source.http_status(),
+            ReportError::Serialise(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The message with its causes, as an HTTP answer or a log line gives it.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
+    }
 }

@@ -10,14 +10,19 @@
 //! - [`scope`]: what the report covers, and the `scoped` CTE every section starts from.
 //! - [`sections`]: the queries, and the [`Report`] they make.
 //! - [`render`]: HTML and Markdown (JSON is the [`Report`] serialised).
+//! - [`request`]: what a caller asks for, as `idtrail report`'s flags and `GET /v1/report`'s
+//!   query parameters alike; [`http`] serves that route from a running server.
 
 pub mod error;
 pub mod graph;
+pub mod http;
 pub mod render;
+pub mod request;
 pub mod scope;
 pub mod sections;
 pub mod table;
 
 pub use error::{ReportError, Result};
+pub use request::{Format, ReportRequest};
 pub use scope::{Scope, Subject};
 pub use sections::{Report, ReportOptions, build};

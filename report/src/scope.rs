@@ -53,7 +53,7 @@ impl Scope {
         if subject == Subject::Window && from.is_none() && to.is_none() {
             return Err(ReportError::Invalid(
                 "a report needs a subject (credential, user, agent, trace, resource) or a time \
-                 window (--from/--to)"
+                 window (from, to)"
                     .into(),
             ));
         }
@@ -61,7 +61,7 @@ impl Scope {
             && from >= to
         {
             return Err(ReportError::Invalid(format!(
-                "--from {} is not before --to {}",
+                "the window's start (from) {} is not before its end (to) {}",
                 rfc3339(&from),
                 rfc3339(&to)
             )));

@@ -488,7 +488,7 @@ async fn revoke(
     engine: &QueryEngine,
     queries: &ScopedQueries<'_>,
     involved_cte: &str,
-    body: &dyn Fn(&str) -> String,
+    body: &(dyn Fn(&str) -> String + Sync),
     options: &ReportOptions,
 ) -> Result<Table> {
     let failed = |source| ReportError::Query {
