@@ -172,8 +172,12 @@ def test_a_running_server_answers_the_report_the_cli_writes(demo, tmp_path):
             capture_output=True, text=True, timeout=300,
         )
         assert local.returncode == 0, local.stderr
+        served_sections = _without_timings(served.json())["sections"]
+        local_sections = _without_timings(json.loads(local.stdout))["sections"]
+        for a, b in zip(served_sections, local_sections):
+            assert a == b, json.dumps([a, b], indent=1)[:6000]
         assert _without_timings(served.json()) == _without_timings(json.loads(local.stdout))
-        assert [s["id"] for s in served.json()["sections"]] == SECTIONS
+        assert sorted(s["id"] for s in served.json()["sections"]) == sorted(SECTIONS)
 
         html = requests.get(url, params={"credential": credential}, headers=auth, timeout=120)
         assert html.status_code == 200
