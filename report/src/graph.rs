@@ -43,14 +43,20 @@ pub struct ChainDrawing {
 
 /// Chain shapes, gathered batch by batch from the rows of `SELECT path, time, traceable,
 /// trace_id` (any order): only the distinct shapes are held, so a scope of millions of chains
-/// needs memory for its shapes, not its rows.
+/// needs memory for its shapes, not its rows. The answer does not depend on the rows' order
+/// (parallel scans deliver them in any): the `max_shapes` earliest shapes are drawn, each with
+/// the earliest of its traces, as long as the scope holds at most [`TRACKED_SHAPES`] shapes.
 pub struct ChainShapes {
     max_shapes: usize,
     shapes: Vec<Shape>,
     index: HashMap<Vec<Step>, usize>,
-    /// Shapes seen beyond `max_shapes`.
+    /// Shapes seen beyond [`TRACKED_SHAPES`].
     more: bool,
 }
+
+/// Distinct shapes held while gathering, of which the earliest `max_shapes` are drawn. Past
+/// it, which shapes are kept depends on the order rows arrive in.
+pub const TRACKED_SHAPES: usize = 10_000;
 
 struct Shape {
     steps: Vec<Step>,
@@ -107,14 +113,14 @@ impl ChainShapes {
                 Some(&i) => {
                     let shape = &mut self.shapes[i];
                     shape.times += 1;
-                    if at < shape.first {
+                    if at < shape.first || (at == shape.first && example() < shape.example) {
                         shape.first = at;
                         shape.example = example();
                     }
                     shape.last = shape.last.max(at);
                     shape.traceable &= is_traceable;
                 }
-                None if self.shapes.len() < self.max_shapes => {
+                None if self.shapes.len() < TRACKED_SHAPES.max(self.max_shapes) => {
                     self.index.insert(steps.clone(), self.shapes.len());
                     self.shapes.push(Shape {
                         steps,
@@ -134,6 +140,10 @@ impl ChainShapes {
     pub fn finish(mut self) -> (Vec<ChainDrawing>, bool) {
         self.shapes
             .sort_by(|a, b| (a.first, &a.example).cmp(&(b.first, &b.example)));
+        if self.shapes.len() > self.max_shapes {
+            self.shapes.truncate(self.max_shapes);
+            self.more = true;
+        }
         let drawings = self
             .shapes
             .into_iter()
@@ -377,5 +387,96 @@ mod tests {
             .and_then(|h| h.parse().ok())
             .unwrap();
         assert!(height < 150.0, "{height}");
+    }
+
+    /// Rows of `SELECT path, time, traceable, trace_id`: (agent, time, trace) each, a chain
+    /// `agent → credential`.
+    fn chains(rows: &[(&str, i64, &str)]) -> RecordBatch {
+        use arrow::array::{
+            BooleanArray, ListArray, StringArray, StructArray, TimestampNanosecondArray,
+        };
+        use arrow::buffer::OffsetBuffer;
+        use arrow::datatypes::{DataType, Field, Fields, Schema};
+        use std::sync::Arc;
+        let fields = Fields::from(vec![
+            Field::new("kind", DataType::Utf8, true),
+            Field::new("id", DataType::Utf8, true),
+        ]);
+        let kinds: Vec<&str> = rows.iter().flat_map(|_| ["agent", "credential"]).collect();
+        let ids: Vec<&str> = rows.iter().flat_map(|r| [r.0, "k1:fp"]).collect();
+        let items = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(StringArray::from(kinds)),
+                Arc::new(StringArray::from(ids)),
+            ],
+            None,
+        );
+        let item = Arc::new(Field::new("item", DataType::Struct(fields), true));
+        let path = ListArray::new(
+            item.clone(),
+            OffsetBuffer::from_lengths(rows.iter().map(|_| 2)),
+            Arc::new(items),
+            None,
+        );
+        let schema = Schema::new(vec![
+            Field::new("path", DataType::List(item), true),
+            Field::new(
+                "time",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, None),
+                true,
+            ),
+            Field::new("traceable", DataType::Boolean, true),
+            Field::new("trace_id", DataType::Utf8, true),
+        ]);
+        RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                Arc::new(path),
+                Arc::new(TimestampNanosecondArray::from_iter_values(
+                    rows.iter().map(|r| r.1),
+                )),
+                Arc::new(BooleanArray::from(vec![true; rows.len()])),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_shapes_drawn_do_not_depend_on_the_order_rows_arrive_in() {
+        // Four shapes, two drawn: the two earliest, each with its earliest trace (the smaller
+        // trace id when two start at once), however the scans deliver the rows.
+        let rows = [
+            ("agt_d", 40, "t9"),
+            ("agt_a", 10, "t5"),
+            ("agt_c", 30, "t1"),
+            ("agt_a", 10, "t2"),
+            ("agt_b", 20, "t3"),
+            ("agt_a", 50, "t0"),
+        ];
+        let gather = |batches: &[&[(&str, i64, &str)]]| {
+            let mut shapes = ChainShapes::new(2);
+            for batch in batches {
+                shapes.add(&chains(batch));
+            }
+            let (drawings, more) = shapes.finish();
+            let kept: Vec<(String, usize, String)> = drawings
+                .into_iter()
+                .map(|d| (d.steps[0].id.clone(), d.times, d.example_trace_id))
+                .collect();
+            (kept, more)
+        };
+        let reversed: Vec<_> = rows.iter().rev().copied().collect();
+        let expected = (
+            vec![
+                ("agt_a".to_string(), 3, "t2".to_string()),
+                ("agt_b".to_string(), 1, "t3".to_string()),
+            ],
+            true,
+        );
+        assert_eq!(gather(&[&rows]), expected);
+        assert_eq!(gather(&[&reversed]), expected);
+        assert_eq!(gather(&[&rows[3..], &rows[..3]]), expected);
     }
 }

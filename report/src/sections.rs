@@ -388,7 +388,10 @@ async fn findings(
         "trace_id",
     ];
     let select = format!("SELECT {}", COLUMNS.join(", "));
-    let order = format!("ORDER BY severity_rank, rule_id, subject_id, time\nLIMIT {limit}");
+    // Every column that tells findings apart, so the order does not depend on the scans'.
+    let order = format!(
+        "ORDER BY severity_rank, rule_id, subject_kind, subject_id, time, trace_id, detail\nLIMIT {limit}"
+    );
     let printed = queries
         .sql(
             &[
