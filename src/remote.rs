@@ -112,7 +112,7 @@ impl Remote {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow!("cannot reach {url}: {}", crate::error_chain(&e)))?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -123,7 +123,7 @@ impl Remote {
         let body = response
             .bytes()
             .await
-            .map_err(|e| anyhow!("reading the answer of {url}: {}", error_chain(&e)))?
+            .map_err(|e| anyhow!("reading the answer of {url}: {}", crate::error_chain(&e)))?
             .to_vec();
         if !status.is_success() {
             bail!("{}", remote_error(status, &body));
@@ -147,17 +147,4 @@ fn remote_error(status: reqwest::StatusCode, body: &[u8]) -> String {
     } else {
         format!("the server answered {status}: {text}")
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !message.contains(&text) {
-            message = format!("{message}: {text}");
-        }
-        source = inner.source();
-    }
-    message
 }

@@ -323,7 +323,7 @@ fn classify_status(status: &tonic::Status) -> AttemptError {
                 "grpc {:?}: {}: {}",
                 status.code(),
                 status.message(),
-                chain(src)
+                crate::error_chain(src)
             ),
             None => format!("grpc {:?}: {}", status.code(), status.message()),
         },
@@ -346,7 +346,7 @@ async fn http_attempt(
             // Connection refused/reset, timeouts: all transient.
             retryable: !e.is_builder(),
             delay: None,
-            message: format!("http: {}", chain(&e)),
+            message: format!("http: {}", crate::error_chain(&e)),
         })?;
     let status = resp.status();
     if status.is_success() {
@@ -375,21 +375,6 @@ async fn http_attempt(
             text.chars().take(200).collect::<String>()
         ),
     })
-}
-
-/// An error and its sources, "a: b: c" (reqwest and tonic hide the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 fn rejected(resp: &ExportTraceServiceResponse) -> u64 {
