@@ -96,23 +96,6 @@ impl DataArgs {
     }
 }
 
-/// An RFC 3339 time as ns since the epoch (the tables' unit).
-/// An error and its sources, "a: b: c", each cause once (reqwest and tonic keep the cause out
-/// of their message).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = inner.source();
-    }
-    message
-}
-
 /// How a maintenance command (`restitch`, `compact`) ends: a line for people on stderr unless
 /// `quiet`, and its summary as JSON on stdout for programs.
 pub fn print_summary(

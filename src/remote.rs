@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use idtrail_query::error::error_chain;
 use serde_json::Value;
 
 /// The `--server` and `--token` flags.
@@ -112,7 +113,7 @@ impl Remote {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {url}: {}", crate::error_chain(&e)))?;
+            .map_err(|e| anyhow!("cannot reach {url}: {}", error_chain(&e)))?;
         let status = response.status();
         let content_type = response
             .headers()
@@ -123,7 +124,7 @@ impl Remote {
         let body = response
             .bytes()
             .await
-            .map_err(|e| anyhow!("reading the answer of {url}: {}", crate::error_chain(&e)))?
+            .map_err(|e| anyhow!("reading the answer of {url}: {}", error_chain(&e)))?
             .to_vec();
         if !status.is_success() {
             bail!("{}", remote_error(status, &body));

@@ -100,6 +100,23 @@ impl QueryError {
     }
 }
 
+/// An error and its sources, "a: b: c", each cause once (reqwest and tonic keep the cause out
+/// of their message; others repeat it). For messages that leave the process: HTTP answers,
+/// the CLI's errors, log lines.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let text = inner.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = inner.source();
+    }
+    message
+}
+
 impl From<QueryError> for tonic::Status {
     fn from(e: QueryError) -> tonic::Status {
         e.grpc_status()

@@ -32,16 +32,4 @@ impl ReportError {
             ReportError::Serialise(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
-
-    /// The message with its causes, as an HTTP answer or a log line gives it.
-    pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = std::error::Error::source(self);
-        while let Some(e) = cause {
-            text.push_str(": ");
-            text.push_str(&e.to_string());
-            cause = e.source();
-        }
-        text
-    }
 }

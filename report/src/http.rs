@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use idtrail_query::QueryEngine;
 use idtrail_query::auth::{BearerKeys, authenticate_http};
+use idtrail_query::error::error_chain;
 use idtrail_query::http::json_error;
 
 use crate::error::{ReportError, Result};
@@ -51,7 +52,7 @@ async fn report(
     match answer(&state.engine, query.as_deref().unwrap_or("")).await {
         Ok(response) => response,
         Err(e) => {
-            let message = e.chain();
+            let message = error_chain(&e);
             if e.http_status().is_server_error() {
                 tracing::warn!(error = %message, "report failed");
             }

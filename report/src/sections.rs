@@ -359,10 +359,10 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
 /// in scope, and those of `chain` rules on a trace in scope (`per` in the rule's header,
 /// ADR 12). Printed as one query over the `findings` view. Executed rule by rule, each over
 /// the rule's own query rather than the view (planning the view of every rule cost about
-/// 100 ms a time), with the scope's subjects and traces as literal lists: DataFusion pushes a filter on a rule's
-/// subject (its grouping key) or trace down to the scans, where bloom filters skip nearly every
-/// row group, so a report pays for its own identities, not for evaluating every rule over the
-/// whole store (15 s at 10M spans; see BENCHMARKS.md).
+/// 100 ms a time), with the scope's subjects and traces as literal lists: DataFusion pushes a
+/// filter on a rule's subject (its grouping key) or trace down to the scans, where bloom
+/// filters skip nearly every row group, so a report pays for its own identities, not for
+/// evaluating every rule over the whole store (15 s at 10M spans; see BENCHMARKS.md).
 async fn findings(
     engine: &QueryEngine,
     queries: &ScopedQueries<'_>,
@@ -437,10 +437,9 @@ async fn findings(
             )
         })
         .collect::<Vec<_>>();
-    let traces = listed(TRACES, "SELECT trace_id FROM traces ORDER BY trace_id").await?;
-    let trace_ids: Vec<String> = (0..traces.rows.len())
-        .map(|row| traces.text(row, "trace_id"))
-        .collect();
+    let trace_ids = listed(TRACES, "SELECT trace_id FROM traces ORDER BY trace_id")
+        .await?
+        .texts("trace_id");
 
     let mut rules: Vec<_> = engine.rules().iter().collect();
     rules.sort_by(|a, b| (a.severity.rank(), &a.id).cmp(&(b.severity.rank(), &b.id)));
@@ -498,19 +497,13 @@ async fn revoke(
         section: "revoke",
         source,
     };
-    let texts = |table: Table, column: &str| -> Vec<String> {
-        (0..table.rows.len())
-            .map(|r| table.text(r, column))
-            .collect()
-    };
     let involved_sql = queries.sql(
         &[involved_cte],
         "SELECT credential_fp FROM involved ORDER BY credential_fp",
     );
-    let involved = texts(
-        run(engine, "revoke", &involved_sql.executed, usize::MAX).await?,
-        "credential_fp",
-    );
+    let involved = run(engine, "revoke", &involved_sql.executed, usize::MAX)
+        .await?
+        .texts("credential_fp");
     let mut seen: BTreeSet<String> = involved.iter().cloned().collect();
     let mut derived = Vec::new();
     let mut frontier = involved.clone();
@@ -524,7 +517,9 @@ async fn revoke(
              WHERE relation = 'derived_from' AND {}",
             in_list("dst_id", &frontier)
         );
-        frontier = texts(run(engine, "revoke", &hop, usize::MAX).await?, "src_id")
+        frontier = run(engine, "revoke", &hop, usize::MAX)
+            .await?
+            .texts("src_id")
             .into_iter()
             .filter(|fp| seen.insert(fp.clone()))
             .collect();

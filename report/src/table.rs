@@ -53,6 +53,11 @@ impl Table {
         self.columns.iter().position(|c| c == name)
     }
 
+    /// Every cell of `column` as text, in row order.
+    pub fn texts(&self, column: &str) -> Vec<String> {
+        (0..self.rows.len()).map(|r| self.text(r, column)).collect()
+    }
+
     /// The cell as text (`""` for null).
     pub fn text(&self, row: usize, column: &str) -> String {
         self.column(column)

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use idtrail_query::error::error_chain;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use prost::bytes::{BufMut as _, Bytes};
@@ -323,7 +324,7 @@ fn classify_status(status: &tonic::Status) -> AttemptError {
                 "grpc {:?}: {}: {}",
                 status.code(),
                 status.message(),
-                crate::error_chain(src)
+                error_chain(src)
             ),
             None => format!("grpc {:?}: {}", status.code(), status.message()),
         },
@@ -346,7 +347,7 @@ async fn http_attempt(
             // Connection refused/reset, timeouts: all transient.
             retryable: !e.is_builder(),
             delay: None,
-            message: format!("http: {}", crate::error_chain(&e)),
+            message: format!("http: {}", error_chain(&e)),
         })?;
     let status = resp.status();
     if status.is_success() {
