@@ -312,7 +312,10 @@ async fn restitch_builds_chains_and_edges_from_spans_and_a_rerun_replaces_them()
     ));
     for table in ["chains", "edges"] {
         let path = &files(&data, table)[0];
-        assert_eq!(footer(path, "idtrail.schema_version").as_deref(), Some("1"));
+        assert_eq!(
+            footer(path, "idtrail.schema_version"),
+            Some(idtrail_schemas::SCHEMA_VERSION.to_string())
+        );
         assert_eq!(footer(path, "idtrail.writer_id").as_deref(), Some("local"));
         assert!(footer(path, "idtrail.stitched_through").is_some());
     }

@@ -245,6 +245,41 @@ impl QueryEngine {
         })
     }
 
+    /// An engine in which `table` holds only `batches` (rows of that table, with its columns),
+    /// and the views of [`views::VIEWS`](crate::views::VIEWS) are planned again over them; every
+    /// other table, function and cache is this engine's. An incident report copies every
+    /// revision of the chains in its scope once, and `chains_latest`, `chains_attributed` and
+    /// the rules that judge one chain then read that copy instead of every chains file: the
+    /// same SQL, over the rows it would have kept. `findings`, `detection_rules` and the table
+    /// functions still read the store.
+    pub async fn with_table_rows(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<QueryEngine> {
+        let rows = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+            .map_err(|e| QueryError::storage(format!("holding {table}"), e))?;
+        let mut tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)> =
+            vec![(table.to_string(), Arc::new(rows))];
+        // Views are planned in dependency order, each over the copy and the views before it.
+        for (name, sql) in crate::views::VIEWS {
+            let ctx = crate::overlay::with_tables(&self.base, tables.clone())?;
+            let plan = ctx
+                .state()
+                .create_logical_plan(sql)
+                .await
+                .map_err(|e| QueryError::storage(format!("planning view {name} again"), e))?;
+            let view = datafusion::catalog::view::ViewTable::new(plan, Some(sql.to_string()));
+            tables.push((name.to_string(), Arc::new(view)));
+        }
+        Ok(QueryEngine {
+            base: crate::overlay::with_tables(&self.base, tables)?,
+            options: self.options.clone(),
+            rules: self.rules.clone(),
+        })
+    }
+
     /// The detection rules behind the `findings` view, most severe first.
     pub fn rules(&self) -> &[Rule] {
         &self.rules

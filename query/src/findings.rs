@@ -18,9 +18,12 @@
 //! its scope without running the rule over the whole store: a `subject` rule judges an
 //! identity or workload over all it did, and a report filters it by `subject_id` (a filter on
 //! the rule's grouping key, which DataFusion pushes down to the scans); a `chain` rule judges
-//! one chain, and a report filters it by the chain's `trace_id`. The filter must reach the
-//! scans for a report to be fast: write a `subject` rule so that its subject is a grouping key
-//! and no part of it reads the whole store regardless (ADR 12).
+//! one chain, named by its `trace_id` and `span_id` (the side effect's span), and a report runs
+//! it over its copy of the chains in scope, keeping the findings on those chains (ADR 14): such
+//! a rule may read `chains`, `chains_latest` and `chains_attributed` for the chain it judges,
+//! and configuration, but not other chains. The filter must reach the scans for a report to be
+//! fast: write a `subject` rule so that its subject is a grouping key and no part of it reads
+//! the whole store regardless (ADR 12).
 //!
 //! The query answers the columns of [`FINDING_COLUMNS`]. Every rule is planned when the engine
 //! starts, so a broken rule file stops start-up with its name rather than failing later.
@@ -143,7 +146,7 @@ pub enum Per {
     /// `subject_kind`/`subject_id`.
     #[default]
     Subject,
-    /// One chain: matched to an incident by its `trace_id`.
+    /// One chain: matched to an incident by its `trace_id` and `span_id` (the effect's).
     Chain,
 }
 

@@ -119,105 +119,113 @@ impl Scope {
         text
     }
 
-    /// The query listing the traces that can hold a chain in scope, `None` when only the time
-    /// window bounds it. The report runs it first and hands its answer to
-    /// [`scoped_ctes`](Self::scoped_ctes) as a literal list, so that the trace filter reaches
-    /// the Parquet bloom filters of `chains` through the views.
-    pub fn traces_sql(&self) -> Option<String> {
-        let window = self.window_predicate("time");
-        let sql = match &self.subject {
-            // The credential may sit on any hop, so its traces come from the spans that carried
-            // it (bloom filters on credential_fp); the path check below keeps the chains it is on.
+    /// What puts a row of `chains` (named `alias`, `""` for none) in scope, `None` when only
+    /// the time window bounds it. A credential is matched on any hop of the path: the nearest
+    /// (`credential_fp`) or one further up (`upstream_credentials`).
+    fn subject_predicate(&self, alias: &str) -> Option<String> {
+        let c = |column: &str| format!("{alias}{column}");
+        Some(match &self.subject {
             Subject::Credential(fp) => format!(
-                "SELECT DISTINCT trace_id FROM spans WHERE credential_fp = {}",
-                literal(fp)
+                "({} = {fp} OR array_has({}, {fp}))",
+                c("credential_fp"),
+                c("upstream_credentials"),
+                fp = literal(fp)
             ),
-            Subject::User(id) => format!(
-                "SELECT DISTINCT trace_id FROM chains WHERE user_id = {} AND {window}",
-                literal(id)
-            ),
-            Subject::Agent(id) => format!(
-                "SELECT DISTINCT trace_id FROM chains WHERE array_has(agents, {}) AND {window}",
-                literal(id)
-            ),
+            Subject::User(id) => format!("{} = {}", c("user_id"), literal(id)),
+            Subject::Agent(id) => format!("array_has({}, {})", c("agents"), literal(id)),
             Subject::Trace(id) => format!(
-                "SELECT {id} AS trace_id UNION \
-                 SELECT trace_id FROM chains WHERE array_has(linked_trace_ids, {id})",
+                "({} = {id} OR array_has({}, {id}))",
+                c("trace_id"),
+                c("linked_trace_ids"),
                 id = literal(id)
             ),
             Subject::Resource(id) => format!(
-                "SELECT DISTINCT trace_id FROM chains \
-                 WHERE (concat(effect_kind, ':', effect_target) = {id} OR effect_target = {id}) \
-                 AND {window}",
+                "(concat({}, ':', {}) = {id} OR {} = {id})",
+                c("effect_kind"),
+                c("effect_target"),
+                c("effect_target"),
                 id = literal(id)
             ),
             Subject::Window => return None,
+        })
+    }
+
+    /// The rows of `chains` to copy for the report (ADR 14), `None` when only the time window
+    /// bounds the scope: the revisions that match the subject. A credential's nearest-hop
+    /// chains and its upstream ones are two queries, so that the first is a lookup the page
+    /// index narrows to the credential's run of each file (chains are sorted by
+    /// `credential_fp`) rather than a scan of both columns. The later revisions of the chains
+    /// found come from [`later_revisions_sql`](Self::later_revisions_sql).
+    pub fn chains_sql(&self) -> Option<String> {
+        let window = self.window_predicate("time");
+        let sql = match &self.subject {
+            Subject::Credential(fp) => format!(
+                "SELECT * FROM chains WHERE credential_fp = {fp} AND {window}\n\
+                 UNION ALL\n\
+                 SELECT * FROM chains WHERE array_has(upstream_credentials, {fp})\n  \
+                   AND (credential_fp IS DISTINCT FROM {fp}) AND {window}",
+                fp = literal(fp)
+            ),
+            _ => format!(
+                "SELECT * FROM chains WHERE {} AND {window}",
+                self.subject_predicate("")?
+            ),
         };
         Some(sql)
     }
 
+    /// The later revisions (> 1) of the chains of `traces` that [`chains_sql`](Self::chains_sql)
+    /// did not return: a chain's newest revision need not match the subject (a late span can
+    /// change it), and `chains_latest` must see it to pick it. Few rows carry a revision above
+    /// 1, so the page statistics of `revision` skip nearly every page.
+    pub fn later_revisions_sql(&self, traces: &[String]) -> Option<String> {
+        let subject = self.subject_predicate("")?;
+        Some(format!(
+            "SELECT * FROM chains WHERE revision > 1 AND {} AND {}\n  \
+               AND NOT coalesce({subject}, false)",
+            in_list("trace_id", traces),
+            self.window_predicate("time"),
+        ))
+    }
+
     /// The CTEs (without `WITH`) that end in `scoped`: the newest revision of every chain in
-    /// scope, with its attribution (`chains_attributed`). `traces` restricts the chains read:
-    /// the answer of [`traces_sql`](Self::traces_sql), or `None` to print that query in place,
-    /// which gives the same rows and runs as it stands.
-    pub fn scoped_ctes(&self, traces: Option<&[String]>) -> Vec<String> {
+    /// scope, with its attribution (`chains_attributed`). They run as printed, over the whole
+    /// store or over the report's copy of the chains in scope alike.
+    pub fn scoped_ctes(&self) -> Vec<String> {
         let window = self.window_predicate("c.time");
-        let in_traces = |column: &str| match (traces, self.traces_sql()) {
-            (_, None) => "true".to_string(),
-            (Some(ids), _) => in_list(column, ids),
-            (None, Some(query)) => format!("{column} IN ({query})"),
-        };
         match &self.subject {
-            Subject::Credential(fp) => {
+            Subject::Credential(_) => {
                 // A chain is in scope when the credential is anywhere on its path (any hop, not
-                // only the one closest to the effect).
-                let fp = literal(fp);
+                // only the one closest to the effect), in any of its revisions.
                 vec![
                     format!(
                         "hits AS (\n  \
-                           SELECT DISTINCT trace_id, effect_span_id\n  \
-                           FROM (SELECT trace_id, effect_span_id, unnest(path) AS step FROM chains\n        \
-                                 WHERE {})\n  \
-                           WHERE step['kind'] = 'credential' AND step['id'] = {fp})",
-                        in_traces("trace_id")
+                           SELECT DISTINCT trace_id, effect_span_id FROM chains\n  \
+                           WHERE {})",
+                        self.subject_predicate("").unwrap_or_default()
                     ),
                     format!(
                         "scoped AS (\n  \
                            SELECT c.* FROM chains_attributed c\n  \
                            JOIN hits h ON c.trace_id = h.trace_id AND c.effect_span_id = h.effect_span_id\n  \
-                           WHERE {} AND {window})",
-                        in_traces("c.trace_id")
+                           WHERE {window})"
                     ),
                 ]
             }
-            other => {
-                let subject = match other {
-                    Subject::User(id) => format!("c.user_id = {}", literal(id)),
-                    Subject::Agent(id) => format!("array_has(c.agents, {})", literal(id)),
-                    Subject::Trace(id) => format!(
-                        "(c.trace_id = {id} OR array_has(c.linked_trace_ids, {id}))",
-                        id = literal(id)
-                    ),
-                    Subject::Resource(id) => format!(
-                        "(concat(c.effect_kind, ':', c.effect_target) = {id} OR c.effect_target = {id})",
-                        id = literal(id)
-                    ),
-                    _ => "true".to_string(),
-                };
-                vec![format!(
-                    "scoped AS (\n  \
-                       SELECT c.* FROM chains_attributed c\n  \
-                       WHERE {} AND {subject} AND {window})",
-                    in_traces("c.trace_id")
-                )]
-            }
+            _ => vec![format!(
+                "scoped AS (\n  \
+                   SELECT c.* FROM chains_attributed c\n  \
+                   WHERE {} AND {window})",
+                self.subject_predicate("c.")
+                    .unwrap_or_else(|| "true".to_string())
+            )],
         }
     }
 
     /// `WITH …, scoped AS (…)` as printed in the report: the scope's CTEs, then `extra` ones.
     pub fn with_clause(&self, extra: &[&str]) -> String {
         with_clause(
-            self.scoped_ctes(None)
+            self.scoped_ctes()
                 .iter()
                 .map(String::as_str)
                 .chain(extra.iter().copied()),

@@ -8,7 +8,7 @@ use arrow::array::{RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use idtrail_query::QueryEngine;
 use serde::Serialize;
 
@@ -313,7 +313,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
     );
 
     if options.findings {
-        let (printed, table) = findings(engine, &queries, limit, options.max_rows).await?;
+        let (printed, table) = findings(&queries, limit, options.max_rows).await?;
         push_timed(
             &mut sections,
             &mut mark,
@@ -322,7 +322,7 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
                 title: "Findings",
                 intro:
                     "Detection rules (`idtrail findings --list`) that fired on an identity or a \
-                trace in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
+                chain in scope, most severe first, with their OWASP Non-Human Identities Top 10 \
                 item."
                         .into(),
                 table,
@@ -356,15 +356,16 @@ pub async fn build(engine: &QueryEngine, scope: &Scope, options: &ReportOptions)
 }
 
 /// The findings of the incident: those of `subject` rules on an identity or workload of a chain
-/// in scope, and those of `chain` rules on a trace in scope (`per` in the rule's header,
-/// ADR 12). Printed as one query over the `findings` view. Executed rule by rule, each over
-/// the rule's own query rather than the view (planning the view of every rule cost about
-/// 100 ms a time), with the scope's subjects and traces as literal lists: DataFusion pushes a
-/// filter on a rule's subject (its grouping key) or trace down to the scans, where bloom
-/// filters skip nearly every row group, so a report pays for its own identities, not for
-/// evaluating every rule over the whole store (15 s at 10M spans; see BENCHMARKS.md).
+/// in scope, and those of `chain` rules on a chain in scope (`per` in the rule's header,
+/// ADR 12, ADR 14). Printed as one query over the `findings` view. Executed rule by rule, each
+/// over the rule's own query rather than the view (planning the view of every rule cost about
+/// 100 ms a time), a few at once:
+/// - a `subject` rule over the store, with the scope's subjects as literal lists: DataFusion
+///   pushes a filter on a rule's subject (its grouping key) down to the scans, where bloom
+///   filters skip nearly every row group, so a report pays for its own identities, not for
+///   evaluating every rule over the whole store (15 s at 10M spans; see BENCHMARKS.md);
+/// - a `chain` rule over the report's copy of the chains in scope, kept to those chains.
 async fn findings(
-    engine: &QueryEngine,
     queries: &ScopedQueries<'_>,
     limit: usize,
     max_rows: usize,
@@ -375,7 +376,6 @@ async fn findings(
            UNION\n  \
            SELECT 'workload' AS kind, effect_service AS id FROM scoped\n  \
            WHERE effect_service IS NOT NULL)";
-    const TRACES: &str = "traces AS (SELECT DISTINCT trace_id FROM scoped)";
     const COLUMNS: [&str; 9] = [
         "severity",
         "rule_id",
@@ -387,6 +387,9 @@ async fn findings(
         "time",
         "trace_id",
     ];
+    /// A finding of a `chain` rule names its chain by `trace_id` and `span_id` (the effect's).
+    const ON_A_CHAIN_IN_SCOPE: &str = "EXISTS (SELECT 1 FROM scoped c\n  \
+           WHERE c.trace_id = findings.trace_id AND c.effect_span_id = findings.span_id)";
     let select = format!("SELECT {}", COLUMNS.join(", "));
     // Every column that tells findings apart, so the order does not depend on the scans'.
     let order = format!(
@@ -396,29 +399,31 @@ async fn findings(
         .sql(
             &[
                 SUBJECTS,
-                TRACES,
                 "matched AS (\n  \
                    SELECT f.* FROM findings f\n  \
                    JOIN detection_rules r ON r.id = f.rule_id\n  \
                    LEFT JOIN subjects s\n    \
                      ON r.per = 'subject' AND s.kind = f.subject_kind AND s.id = f.subject_id\n  \
-                   LEFT JOIN traces t ON r.per = 'chain' AND t.trace_id = f.trace_id\n  \
-                   WHERE s.id IS NOT NULL OR t.trace_id IS NOT NULL)",
+                   LEFT JOIN scoped c ON r.per = 'chain'\n    \
+                     AND c.trace_id = f.trace_id AND c.effect_span_id = f.span_id\n  \
+                   WHERE s.id IS NOT NULL OR c.trace_id IS NOT NULL)",
             ],
             &format!("{select}\nFROM matched\n{order}"),
         )
         .printed;
 
-    let listed = |cte: &'static str, body: &'static str| async move {
-        run(
-            engine,
-            "findings",
-            &queries.sql(&[cte], body).executed,
-            usize::MAX,
-        )
-        .await
-    };
-    let subjects = listed(SUBJECTS, "SELECT kind, id FROM subjects ORDER BY kind, id").await?;
+    let subjects = run(
+        &queries.engine,
+        "findings",
+        &queries
+            .sql(
+                &[SUBJECTS],
+                "SELECT kind, id FROM subjects ORDER BY kind, id",
+            )
+            .executed,
+        usize::MAX,
+    )
+    .await?;
     let mut ids_by_kind: Vec<(String, Vec<String>)> = Vec::new();
     for row in 0..subjects.rows.len() {
         let (kind, id) = (subjects.text(row, "kind"), subjects.text(row, "id"));
@@ -436,39 +441,56 @@ async fn findings(
                 in_list("subject_id", ids)
             )
         })
-        .collect::<Vec<_>>();
-    let trace_ids = listed(TRACES, "SELECT trace_id FROM traces ORDER BY trace_id")
-        .await?
-        .texts("trace_id");
+        .collect::<Vec<_>>()
+        .join("\n    OR ");
 
-    let mut rules: Vec<_> = engine.rules().iter().collect();
+    let mut rules: Vec<_> = queries.engine.rules().iter().collect();
     rules.sort_by(|a, b| (a.severity.rank(), &a.id).cmp(&(b.severity.rank(), &b.id)));
-    let mut table = Table::default();
-    for rule in rules {
-        // More rows than shown are known once a part was cut or the parts add up past it; at
-        // exactly `max_rows` the next rule may have none, as the printed LIMIT would tell.
-        if table.truncated || table.rows.len() > max_rows {
-            break;
-        }
-        let matching = match rule.per {
-            Per::Subject if !by_subject.is_empty() => by_subject.join("\n    OR "),
-            Per::Chain if !trace_ids.is_empty() => in_list("trace_id", &trace_ids),
-            _ => continue,
+    // Owned engines (clones share everything): a stream of futures borrowing one trips the
+    // compiler's higher-ranked lifetime check behind axum's handler bound.
+    let runs: Vec<(QueryEngine, String)> = rules
+        .into_iter()
+        .filter_map(|rule| {
+            let (engine, executed) = match rule.per {
+            Per::Subject if !by_subject.is_empty() => (
+                queries.store.clone(),
+                format!(
+                    "{select}\nFROM ({}) AS findings\nWHERE {by_subject}\n{order}",
+                    rule.findings_sql()
+                ),
+            ),
+            Per::Chain => (
+                queries.engine.clone(),
+                queries
+                    .sql(
+                        &[],
+                        &format!(
+                            "{select}\nFROM ({}) AS findings\nWHERE {ON_A_CHAIN_IN_SCOPE}\n{order}",
+                            rule.findings_sql()
+                        ),
+                    )
+                    .executed,
+            ),
+            Per::Subject => return None,
         };
-        let executed = format!(
-            "{select}\nFROM ({}) AS findings\nWHERE {matching}\n{order}",
-            rule.findings_sql()
-        );
-        let part = run(engine, "findings", &executed, max_rows).await?;
-        if table.columns.is_empty() {
-            table.columns = part.columns;
-        }
+            Some((engine, executed))
+        })
+        .collect();
+    // Rules wait on reads and planning as much as on the CPU: a few at a time overlap those.
+    let parts: Vec<Table> = futures::stream::iter(runs)
+        .map(
+            |(engine, executed)| async move { run(&engine, "findings", &executed, max_rows).await },
+        )
+        .buffered(RULES_AT_ONCE)
+        .try_collect()
+        .await?;
+    let mut table = Table {
+        columns: COLUMNS.iter().map(|c| c.to_string()).collect(),
+        ..Table::default()
+    };
+    for part in parts {
         table.truncated |= part.truncated;
         table.rows.extend(part.rows);
-    }
-    if table.columns.is_empty() {
-        // No rule ran (nothing in scope): the columns are still the printed query's.
-        table.columns = COLUMNS.iter().map(|c| c.to_string()).collect();
     }
     if table.rows.len() > max_rows {
         table.rows.truncate(max_rows);
@@ -476,6 +498,9 @@ async fn findings(
     }
     Ok((printed, table))
 }
+
+/// Detection rules a report runs at once.
+const RULES_AT_ONCE: usize = 4;
 
 /// What the printed query's `candidates` say of a credential.
 const USED_IN_SCOPE: &str = "used in scope";
@@ -644,44 +669,57 @@ struct SectionSql {
 }
 
 /// Runs the scope's query once and hands every section an engine where `scoped` is its answer.
-/// Seven sections re-deriving the scope each read the chains of the whole store; now only the
-/// scope's own query does, and through its trace list the bloom filters skip most files.
+///
+/// With a subject, the report first copies every revision of the chains in scope out of the
+/// store (ADR 14): a lookup that the page index and bloom filters narrow, because chains files
+/// are sorted by credential. `chains_latest`, `chains_attributed` and the scope's printed CTEs
+/// then run over that copy, as do the rules that judge one chain. Over the files they read
+/// `chains` once per mention (up to eight times for `chains_attributed`), each time under a
+/// filter that could not prune.
 struct ScopedQueries<'a> {
     scope: &'a Scope,
+    /// The whole store: what the rules that judge an identity over all it did read.
+    store: QueryEngine,
+    /// `scoped`, in front of the copy of the chains in scope (or of the store, without one).
     engine: QueryEngine,
     /// False when only the time window bounds the scope: materialising every chain of a window
-    /// could outgrow memory, so each section then runs its printed query.
+    /// could outgrow memory, so each section then runs its printed query over the store.
     materialised: bool,
 }
 
 impl<'a> ScopedQueries<'a> {
-    async fn new(engine: &QueryEngine, scope: &'a Scope) -> Result<ScopedQueries<'a>> {
-        let Some(traces_sql) = scope.traces_sql() else {
-            return Ok(ScopedQueries {
-                scope,
-                engine: engine.clone(),
-                materialised: false,
-            });
-        };
-        let traces = run(engine, "scope", &traces_sql, usize::MAX).await?;
-        let trace_ids: Vec<String> = (0..traces.rows.len())
-            .map(|r| traces.text(r, "trace_id"))
-            .collect();
-        let ctes = scope.scoped_ctes(Some(&trace_ids));
-        let sql = format!(
-            "{}SELECT * FROM scoped",
-            with_clause(ctes.iter().map(String::as_str))
-        );
+    async fn new(store: &QueryEngine, scope: &'a Scope) -> Result<ScopedQueries<'a>> {
         let failed = |source| ReportError::Query {
             section: "scope",
             source,
         };
-        let (schema, batches) = engine.sql(&sql, Vec::new()).await.map_err(failed)?;
-        let engine = engine
-            .with_batches("scoped", schema, batches)
+        let Some(chains_sql) = scope.chains_sql() else {
+            return Ok(ScopedQueries {
+                scope,
+                store: store.clone(),
+                engine: store.clone(),
+                materialised: false,
+            });
+        };
+        let (schema, mut rows) = store.sql(&chains_sql, Vec::new()).await.map_err(failed)?;
+        let traces = distinct_texts(&rows, "trace_id");
+        if let Some(later) = scope.later_revisions_sql(&traces)
+            && !traces.is_empty()
+        {
+            rows.extend(store.sql(&later, Vec::new()).await.map_err(failed)?.1);
+        }
+        let copy = store
+            .with_table_rows("chains", schema, rows)
+            .await
+            .map_err(failed)?;
+        let sql = format!("{}SELECT * FROM scoped", scope.with_clause(&[]));
+        let (schema, scoped) = copy.sql(&sql, Vec::new()).await.map_err(failed)?;
+        let engine = copy
+            .with_batches("scoped", schema, scoped)
             .map_err(failed)?;
         Ok(ScopedQueries {
             scope,
+            store: store.clone(),
             engine,
             materialised: true,
         })
@@ -697,6 +735,23 @@ impl<'a> ScopedQueries<'a> {
         };
         SectionSql { printed, executed }
     }
+}
+
+/// The distinct non-null values of text column `name`, sorted.
+fn distinct_texts(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let mut values = BTreeSet::new();
+    for batch in batches {
+        let Some(column) = batch.column_by_name(name) else {
+            continue;
+        };
+        let Ok(column) = arrow::compute::cast(column, &DataType::Utf8) else {
+            continue;
+        };
+        if let Some(strings) = column.as_any().downcast_ref::<StringArray>() {
+            values.extend(strings.iter().flatten().map(str::to_string));
+        }
+    }
+    values.into_iter().collect()
 }
 
 fn count_reach(table: &Table, reach: &str) -> usize {

@@ -57,6 +57,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("tool_call_id", true),
         utf8("credential_fp", true),
         utf8("credential_kind", true),
+        list("upstream_credentials"),
         list("token_scopes"),
         list("token_actors"),
         struct_list("api_hops", api_hop_fields()),

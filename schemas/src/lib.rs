@@ -16,8 +16,9 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 
 /// Version of the table schemas. Written into every Parquet file's key-value metadata under
-/// [`SCHEMA_VERSION_KEY`] so readers can tell which layout a file has.
-pub const SCHEMA_VERSION: u32 = 1;
+/// [`SCHEMA_VERSION_KEY`] so readers can tell which layout a file has. Version 2 added
+/// `chains.upstream_credentials`; readers see it as null in version-1 files.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Parquet/Arrow metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "idtrail.schema_version";

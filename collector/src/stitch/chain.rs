@@ -26,7 +26,7 @@ pub struct PathNode {
 }
 
 /// One row of the `chains` table.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ChainRow {
     pub trace_id: String,
     pub effect_span_id: String,
@@ -44,6 +44,10 @@ pub struct ChainRow {
     pub tool_call_id: Option<String>,
     pub credential_fp: Option<String>,
     pub credential_kind: Option<&'static str>,
+    /// The other credentials on the path, outermost first: with `credential_fp`, every
+    /// credential the chain went through, so one credential's chains are found by two scalar
+    /// and narrow columns rather than by unnesting every path.
+    pub upstream_credentials: Vec<String>,
     pub token_scopes: Vec<String>,
     pub token_actors: Vec<String>,
     pub api_hops: Vec<ApiHop>,
@@ -128,6 +132,18 @@ pub fn head_of(trace: &Trace<'_>, ancestry: &[usize]) -> Head {
         session_id,
         agents,
     }
+}
+
+/// The credentials of `path` other than `nearest`, outermost first, each once.
+fn upstream_credentials(path: &[PathNode], nearest: Option<&CredentialFacts>) -> Vec<String> {
+    let nearest = nearest.map(|c| c.fingerprint.as_str());
+    let mut upstream: Vec<String> = Vec::new();
+    for node in path.iter().filter(|n| n.kind == "credential") {
+        if Some(node.id.as_str()) != nearest && !upstream.contains(&node.id) {
+            upstream.push(node.id.clone());
+        }
+    }
+    upstream
 }
 
 /// The credential presented closest to the end of `ancestry`, with the span that carried it.
@@ -306,6 +322,7 @@ fn build_chain(trace: &Trace<'_>, i: usize, links: &dyn LinkResolver) -> Option<
         agents: head.agents.into_iter().map(|(a, _)| a).collect(),
         tool_name: tool,
         tool_call_id,
+        upstream_credentials: upstream_credentials(&path, credential.map(|(c, _)| c)),
         credential_fp: credential.map(|(c, _)| c.fingerprint.clone()),
         credential_kind: credential.map(|(c, _)| c.kind),
         token_scopes: credential

@@ -50,6 +50,7 @@ pub fn chains_batch(rows: &[ChainRow]) -> Result<RecordBatch, ArrowError> {
     let mut tool_call_id = StringBuilder::new();
     let mut credential_fp = StringBuilder::new();
     let mut credential_kind = StringBuilder::new();
+    let mut upstream_credentials = ListBuilder::new(StringBuilder::new());
     let mut token_scopes = ListBuilder::new(StringBuilder::new());
     let mut token_actors = ListBuilder::new(StringBuilder::new());
     let mut api_hops = struct_list(chains::api_hop_fields());
@@ -76,6 +77,7 @@ pub fn chains_batch(rows: &[ChainRow]) -> Result<RecordBatch, ArrowError> {
         tool_call_id.append_option(row.tool_call_id.as_deref());
         credential_fp.append_option(row.credential_fp.as_deref());
         credential_kind.append_option(row.credential_kind);
+        string_list(&mut upstream_credentials, &row.upstream_credentials);
         string_list(&mut token_scopes, &row.token_scopes);
         string_list(&mut token_actors, &row.token_actors);
         for hop in &row.api_hops {
@@ -119,6 +121,7 @@ pub fn chains_batch(rows: &[ChainRow]) -> Result<RecordBatch, ArrowError> {
         Arc::new(tool_call_id.finish()),
         Arc::new(credential_fp.finish()),
         Arc::new(credential_kind.finish()),
+        Arc::new(upstream_credentials.finish()),
         Arc::new(token_scopes.finish()),
         Arc::new(token_actors.finish()),
         Arc::new(api_hops.finish()),

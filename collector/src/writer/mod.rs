@@ -661,8 +661,8 @@ mod tests {
             .unwrap();
         assert_eq!(footer_value(&newest, WAL_END_KEY).as_deref(), Some("1:200"));
         assert_eq!(
-            footer_value(&newest, idtrail_schemas::SCHEMA_VERSION_KEY).as_deref(),
-            Some("1")
+            footer_value(&newest, idtrail_schemas::SCHEMA_VERSION_KEY),
+            Some(idtrail_schemas::SCHEMA_VERSION.to_string())
         );
     }
 

@@ -217,11 +217,21 @@ impl Publisher {
     }
 }
 
-/// Files are sorted by time; the stitcher emits in the order traces went quiet.
+/// Chains files are sorted by the credential nearest the effect (chains without one last), then
+/// by time, as `chains_properties` declares: one credential's chains sit together in a page or
+/// two per column of each file, so a report on a credential used all day decodes those pages
+/// instead of every page of every file (ADR 14). The trace and effect make the order total.
 pub(crate) fn sort_chains(rows: &mut [ChainRow]) {
-    rows.sort_by(|a, b| {
-        (a.time, &a.trace_id, &a.effect_span_id).cmp(&(b.time, &b.trace_id, &b.effect_span_id))
-    });
+    fn key(c: &ChainRow) -> (bool, Option<&str>, i64, &str, &str) {
+        (
+            c.credential_fp.is_none(),
+            c.credential_fp.as_deref(),
+            c.time,
+            &c.trace_id,
+            &c.effect_span_id,
+        )
+    }
+    rows.sort_by(|a, b| key(a).cmp(&key(b)));
 }
 
 /// One Parquet file holding `batch`, with `footer` added to its key-value metadata.
@@ -298,7 +308,7 @@ pub(crate) fn chains_properties(
         config,
         writer_id,
         &chains::schema(),
-        &["time"],
+        &["credential_fp", "time"],
         &["trace_id".into(), "credential_fp".into()],
         &[],
     )
@@ -369,4 +379,55 @@ fn writer_properties(
             .set_column_encoding(ColumnPath::from(column), encoding);
     }
     Ok(builder.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_keep_each_credential_together_in_time_order_with_the_rest_last() {
+        // (trace, credential, time): arrival order mixes credentials and times.
+        let arrivals = [
+            ("t1", Some("kb:2"), 5),
+            ("t2", None, 1),
+            ("t3", Some("ka:1"), 9),
+            ("t4", Some("kb:2"), 2),
+            ("t5", None, 0),
+            ("t6", Some("ka:1"), 3),
+        ];
+        let mut rows: Vec<ChainRow> = arrivals
+            .iter()
+            .map(|&(trace, credential, time)| ChainRow {
+                trace_id: trace.into(),
+                effect_span_id: "e".into(),
+                credential_fp: credential.map(str::to_string),
+                time,
+                ..ChainRow::default()
+            })
+            .collect();
+        sort_chains(&mut rows);
+        let order: Vec<&str> = rows.iter().map(|r| r.trace_id.as_str()).collect();
+        assert_eq!(order, ["t6", "t3", "t4", "t1", "t5", "t2"]);
+        // What the files declare, in the same order.
+        let properties = chains_properties(&WriterConfig::default(), "w").unwrap();
+        let declared: Vec<(String, bool)> = properties
+            .sorting_columns()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    chains::schema().field(c.column_idx as usize).name().clone(),
+                    c.nulls_first,
+                )
+            })
+            .collect();
+        assert_eq!(
+            declared,
+            [
+                ("credential_fp".to_string(), false),
+                ("time".to_string(), false)
+            ]
+        );
+    }
 }
