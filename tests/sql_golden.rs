@@ -338,9 +338,47 @@ async fn reports_answer_for_the_scenarios(engine: &QueryEngine, symbols: &Symbol
     // A resource: the rogue agent's delete, nobody behind it, and its findings.
     let events = build(Subject::Resource("db:warehouse.events".into())).await;
 
+    // Carol's late root span re-stitched the cleaner agent's delete as revision 2, attributed
+    // to her. The agent's report copies both revisions and must count the newest only.
+    let cleaner = build(Subject::Agent("agt_cleaner".into())).await;
+    let timeline = &cleaner.section("timeline").expect("timeline").table;
+    assert_eq!(column(timeline, "user_id"), vec!["carol@example.com"]);
+    assert!(
+        cleaner
+            .section("unattributed")
+            .expect("unattributed")
+            .table
+            .rows
+            .is_empty()
+    );
+    // A chain's newer revisions that no longer match the subject are copied too, so that
+    // chains_latest still sees them: here, a subject neither revision matches.
+    let late = symbols.substitute("{{trace:late_span_revision/late}}");
+    let nobody = Scope::new(Subject::User("nobody@example.com".into()), None, None).expect("scope");
+    let later = nobody.later_revisions_sql(&[late]).expect("a subject");
+    let (_, batches) = engine.sql(&later, Vec::new()).await.expect(&later);
+    let revisions: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let table = idtrail_report::table::Table::from_batches(
+                b.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect(),
+                std::slice::from_ref(b),
+                10,
+            );
+            (0..table.rows.len())
+                .map(|r| table.text(r, "revision"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(revisions, vec!["2"], "{later}");
+
     // The report runs its sections over its scope materialised once; the SQL it prints derives
     // the scope in place. Both must give the same rows, or the printed SQL misleads.
-    for report in [&alice, &events] {
+    for report in [&alice, &events, &cleaner] {
         for section in &report.sections {
             let [printed] = section.sql.as_slice() else {
                 continue;
