@@ -125,12 +125,17 @@ impl Admission {
                 if let Some(excess) = admission.excess_to_shed(in_use) {
                     shed_stitch_buffer(excess);
                 }
-                if over(resident, admission.memory_hard_limit)
-                    && last_forced.is_none_or(|t| t.elapsed() >= FORCED_FLUSH_EVERY)
-                {
-                    last_forced = Some(Instant::now());
-                    telemetry.memory_hard_limit_reached(resident, admission.memory_hard_limit);
-                    publish_now();
+                if over(resident, admission.memory_hard_limit) {
+                    if last_forced.is_none_or(|t| t.elapsed() >= FORCED_FLUSH_EVERY) {
+                        last_forced = Some(Instant::now());
+                        telemetry.memory_hard_limit_reached(resident, admission.memory_hard_limit);
+                        publish_now();
+                    } else {
+                        // Between forced publications, the pages freed since the last purge go
+                        // back every sample: otherwise resident memory climbs past the hard
+                        // limit by what a second of traffic frees and the allocator keeps.
+                        let _ = tokio::task::spawn_blocking(release_free_memory).await;
+                    }
                 }
             }
         });
