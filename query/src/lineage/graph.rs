@@ -6,7 +6,6 @@
 //! seconds) are read into it as they appear, and compacted files that hold what it already has
 //! are recognised as such ([`super::graph_files`]); anything else reads every file again.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -19,6 +18,11 @@ use object_store::path::Path as ObjectPath;
 use super::graph_files;
 use crate::error::{QueryError, Result};
 use crate::store::TableStore;
+
+/// foldhash rather than std's SipHash: node ids and edge keys come from our own files, not from
+/// a client that could aim collisions at them, and SipHash was a tenth of a graph's load
+/// (BENCHMARKS.md, "One copy of the scope's chains").
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 pub type NodeId = u32;
 
@@ -146,7 +150,11 @@ impl Graph {
     /// Builds the graph from edges batches, summing rows of one edge across flushes.
     fn from_batches(batches: &[RecordBatch]) -> Result<Graph> {
         let mut graph = Graph::default();
-        let mut seen = HashMap::new();
+        // Sized up front: growing these a doubling at a time copied them over and over, and
+        // the kernel zeroing fresh pages for each copy was the largest part of a load.
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        graph.edges.reserve(rows);
+        let mut seen = HashMap::with_capacity_and_hasher(rows, Default::default());
         graph.add_edges(batches, Some(&mut seen))?;
         Ok(graph)
     }
