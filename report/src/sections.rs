@@ -451,29 +451,18 @@ async fn findings(
     let runs: Vec<(QueryEngine, String)> = rules
         .into_iter()
         .filter_map(|rule| {
-            let (engine, executed) = match rule.per {
-            Per::Subject if !by_subject.is_empty() => (
-                queries.store.clone(),
-                format!(
-                    "{select}\nFROM ({}) AS findings\nWHERE {by_subject}\n{order}",
-                    rule.findings_sql()
-                ),
-            ),
-            Per::Chain => (
-                queries.engine.clone(),
-                queries
-                    .sql(
-                        &[],
-                        &format!(
-                            "{select}\nFROM ({}) AS findings\nWHERE {ON_A_CHAIN_IN_SCOPE}\n{order}",
-                            rule.findings_sql()
-                        ),
-                    )
-                    .executed,
-            ),
-            Per::Subject => return None,
-        };
-            Some((engine, executed))
+            let from = format!("{select}\nFROM ({}) AS findings", rule.findings_sql());
+            match rule.per {
+                Per::Subject if !by_subject.is_empty() => Some((
+                    queries.store.clone(),
+                    format!("{from}\nWHERE {by_subject}\n{order}"),
+                )),
+                Per::Chain => {
+                    let body = format!("{from}\nWHERE {ON_A_CHAIN_IN_SCOPE}\n{order}");
+                    Some((queries.engine.clone(), queries.sql(&[], &body).executed))
+                }
+                Per::Subject => None,
+            }
         })
         .collect();
     // Rules wait on reads and planning as much as on the CPU: a few at a time overlap those.
