@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
 use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
@@ -233,16 +234,10 @@ impl QueryEngine {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<QueryEngine> {
-        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
-            .map_err(|e| QueryError::storage(format!("holding {name}"), e))?;
-        Ok(QueryEngine {
-            base: crate::overlay::with_tables(
-                &self.base,
-                vec![(name.to_string(), Arc::new(table))],
-            )?,
-            options: self.options.clone(),
-            rules: self.rules.clone(),
-        })
+        self.with_tables(vec![(
+            name.to_string(),
+            memory_table(name, schema, batches)?,
+        )])
     }
 
     /// An engine in which `table` holds only `batches` (rows of that table, with its columns),
@@ -258,10 +253,7 @@ impl QueryEngine {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<QueryEngine> {
-        let rows = datafusion::datasource::MemTable::try_new(schema, vec![batches])
-            .map_err(|e| QueryError::storage(format!("holding {table}"), e))?;
-        let mut tables: Vec<(String, Arc<dyn datafusion::catalog::TableProvider>)> =
-            vec![(table.to_string(), Arc::new(rows))];
+        let mut tables = vec![(table.to_string(), memory_table(table, schema, batches)?)];
         // Views are planned in dependency order, each over the copy and the views before it.
         for (name, sql) in crate::views::VIEWS {
             let ctx = crate::overlay::with_tables(&self.base, tables.clone())?;
@@ -273,6 +265,11 @@ impl QueryEngine {
             let view = datafusion::catalog::view::ViewTable::new(plan, Some(sql.to_string()));
             tables.push((name.to_string(), Arc::new(view)));
         }
+        self.with_tables(tables)
+    }
+
+    /// This engine with `tables` in front of its catalog's.
+    fn with_tables(&self, tables: Vec<(String, Arc<dyn TableProvider>)>) -> Result<QueryEngine> {
         Ok(QueryEngine {
             base: crate::overlay::with_tables(&self.base, tables)?,
             options: self.options.clone(),
@@ -366,6 +363,17 @@ impl QueryEngine {
             .build();
         Ok(SessionContext::new_with_state(state))
     }
+}
+
+/// `batches` as the table `name` (for error messages).
+fn memory_table(
+    name: &str,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<Arc<dyn TableProvider>> {
+    let table = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        .map_err(|e| QueryError::storage(format!("holding {name}"), e))?;
+    Ok(Arc::new(table))
 }
 
 pub(crate) fn read_only() -> SQLOptions {
