@@ -6,8 +6,8 @@
 
 use std::collections::HashMap;
 
-use arrow::array::{Array, AsArray, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, TimestampNanosecondType};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::TimestampNanosecondType;
 use layout::backends::svg::SVGWriter;
 use layout::core::base::Orientation;
 use layout::core::color::Color;
@@ -16,6 +16,8 @@ use layout::std_shapes::render::get_shape_size;
 use layout::std_shapes::shapes::{Arrow, Element, ShapeKind};
 use layout::topo::layout::VisualGraph;
 use serde::Serialize;
+
+use crate::table::text_column;
 
 /// One step of a chain's path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -163,12 +165,6 @@ impl ChainShapes {
 
 fn nanos_text(nanos: i64) -> String {
     idtrail_query::sql::rfc3339(&chrono::DateTime::from_timestamp_nanos(nanos))
-}
-
-/// A text column as Utf8 whatever its string type.
-fn text_column(array: &dyn Array) -> Option<StringArray> {
-    let cast = arrow::compute::cast(array, &DataType::Utf8).ok()?;
-    cast.as_string_opt::<i32>().cloned()
 }
 
 fn steps_of(path: &arrow::array::ListArray, row: usize) -> Vec<Step> {

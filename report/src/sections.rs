@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::{ReportError, Result};
 use crate::graph::{ChainDrawing, ChainShapes};
 use crate::scope::{Scope, ScopeInfo, in_list, literal, rfc3339, with_clause};
-use crate::table::Table;
+use crate::table::{Table, text_column};
 use idtrail_query::findings::Per;
 
 /// How much a report holds.
@@ -730,13 +730,7 @@ impl<'a> ScopedQueries<'a> {
 fn distinct_texts(batches: &[RecordBatch], name: &str) -> Vec<String> {
     let mut values = BTreeSet::new();
     for batch in batches {
-        let Some(column) = batch.column_by_name(name) else {
-            continue;
-        };
-        let Ok(column) = arrow::compute::cast(column, &DataType::Utf8) else {
-            continue;
-        };
-        if let Some(strings) = column.as_any().downcast_ref::<StringArray>() {
+        if let Some(strings) = batch.column_by_name(name).and_then(|c| text_column(c)) {
             values.extend(strings.iter().flatten().map(str::to_string));
         }
     }

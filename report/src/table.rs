@@ -1,7 +1,7 @@
 //! Query answers as the report holds them: column names and rows of JSON values (numbers and
 //! booleans as such, everything else as the text `idtrail query` would print).
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde::Serialize;
@@ -97,4 +97,10 @@ fn cell(column: &dyn Array, formatter: Option<&ArrayFormatter>, row: usize) -> V
             .unwrap_or(Value::String(text)),
         _ => Value::String(text),
     }
+}
+
+/// A text column as Utf8 whatever its string type.
+pub(crate) fn text_column(array: &dyn Array) -> Option<StringArray> {
+    let cast = arrow::compute::cast(array, &DataType::Utf8).ok()?;
+    cast.as_string_opt::<i32>().cloned()
 }
