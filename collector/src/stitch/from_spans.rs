@@ -476,8 +476,7 @@ mod tests {
     #[test]
     fn a_stored_span_reads_back_as_the_span_the_live_stitcher_built() {
         let batch = rows();
-        let order: Vec<(u32, u32)> = (0..batch.spans.len() as u32).map(|i| (0, i)).collect();
-        let record = spans_batch::to_record_batch(std::slice::from_ref(&batch), &order).unwrap();
+        let record = spans_batch::to_record_batch(&batch).unwrap();
         let projected = record
             .project(
                 &COLUMNS
@@ -509,7 +508,7 @@ mod tests {
     #[test]
     fn malformed_rows_are_skipped_and_foreign_batches_refused() {
         let batch = rows();
-        let record = spans_batch::to_record_batch(std::slice::from_ref(&batch), &[(0, 0)]).unwrap();
+        let record = spans_batch::to_record_batch(&batch).unwrap().slice(0, 1);
         let mut columns = record.columns().to_vec();
         columns[1] = Arc::new(StringArray::from(vec!["not-hex"]));
         let broken = RecordBatch::try_new(record.schema(), columns).unwrap();

@@ -628,8 +628,7 @@ mod tests {
                 }),
                 spans,
             };
-            let order: Vec<(u32, u32)> = (0..batch.spans.len() as u32).map(|i| (0, i)).collect();
-            let record = spans_batch::to_record_batch(&[batch], &order).unwrap();
+            let record = spans_batch::to_record_batch(&batch).unwrap();
             let footer = Some((WAL_END_KEY, wal_end.to_string()));
             let bytes = encode(&record, WriterProperties::default(), &footer).unwrap();
             sink.publish(spans::TABLE, &partition, 1, &bytes).unwrap();

@@ -21,7 +21,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, RecordBatch, StringArray};
 use idtrail_schemas::layout::{HOUR_NANOS, Partition};
 use idtrail_schemas::{chains, edges, spans};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -37,7 +37,6 @@ use crate::wal::WalPosition;
 use dedup::Dedup;
 use publisher::{PublishJob, Publisher};
 use sink::TableSink;
-use spans_batch::estimated_bytes;
 
 /// Footer key holding the WAL position a file's rows reach.
 pub const WAL_END_KEY: &str = "idtrail.wal_end";
@@ -103,11 +102,11 @@ impl WriterHandle {
     }
 }
 
-/// Spans of one hour partition waiting to be published, kept in the batches they came in: rows
-/// are large, so they are never moved one by one.
+/// Spans of one hour partition waiting to be published, as the columns of the batches they came
+/// in: a flush sorts them into the file's order and encodes them.
 #[derive(Default)]
 pub struct PartitionBuffer {
-    batches: Vec<SpanBatch>,
+    batches: Vec<RecordBatch>,
     rows: usize,
     bytes: usize,
 }
@@ -138,6 +137,10 @@ pub struct SpanWriter {
     /// Shared with every [`WriterHandle`]: see [`WriterHandle::shed_stitch_buffer`].
     shed_request: Arc<AtomicUsize>,
     publish_to: PublishTo,
+    /// The WAL position of the first batch whose columns could not be built (a defect, never
+    /// expected): the WAL is never checkpointed past it, so its spans wait there for a fixed
+    /// collector instead of being lost.
+    unbuffered_since: Option<WalPosition>,
 }
 
 /// Per table partition: the WAL position its newest published file reaches, read from the
@@ -209,6 +212,7 @@ impl SpanWriter {
             last_position: None,
             shed_request: Arc::new(AtomicUsize::new(0)),
             publish_to: PublishTo::Inline(Box::new(publisher)),
+            unbuffered_since: None,
         })
     }
 
@@ -324,17 +328,18 @@ impl SpanWriter {
         let hour = |row: &crate::record::SpanRow| row.start_time.div_euclid(HOUR_NANOS);
         let first_hour = hour(first);
         if spans.iter().all(|row| hour(row) == first_hour) {
-            self.buffer(SpanBatch { header, spans });
+            self.buffer(SpanBatch { header, spans }, position);
         } else {
             let mut by_hour: BTreeMap<i64, Vec<crate::record::SpanRow>> = BTreeMap::new();
             for row in spans {
                 by_hour.entry(hour(&row)).or_default().push(row);
             }
             for spans in by_hour.into_values() {
-                self.buffer(SpanBatch {
+                let batch = SpanBatch {
                     header: header.clone(),
                     spans,
-                });
+                };
+                self.buffer(batch, position);
             }
         }
         self.telemetry.set_buffered_spans(self.buffered_rows);
@@ -343,19 +348,29 @@ impl SpanWriter {
         }
     }
 
-    /// Adds a batch whose spans all fall in one hour partition.
-    fn buffer(&mut self, batch: SpanBatch) {
+    /// Adds a batch whose spans all fall in one hour partition, as columns; its rows are
+    /// dropped here.
+    fn buffer(&mut self, batch: SpanBatch, position: WalPosition) {
         let Some(first) = batch.spans.first() else {
             return;
         };
         let partition = Partition::of_nanos(first.start_time);
-        let bytes: usize = batch.spans.iter().map(estimated_bytes).sum();
+        let columns = match spans_batch::to_record_batch(&batch) {
+            Ok(columns) => columns,
+            Err(error) => {
+                tracing::error!(%error, %position, spans = batch.spans.len(),
+                    "could not build the spans columns of a WAL record; it stays in the WAL");
+                self.unbuffered_since.get_or_insert(position);
+                return;
+            }
+        };
+        let (rows, bytes) = (columns.num_rows(), columns.get_array_memory_size());
         let buffer = self.buffers.entry(partition).or_default();
-        buffer.rows += batch.spans.len();
+        buffer.rows += rows;
         buffer.bytes += bytes;
-        self.buffered_rows += batch.spans.len();
+        self.buffered_rows += rows;
         self.buffered_bytes += bytes;
-        buffer.batches.push(batch);
+        buffer.batches.push(columns);
     }
 
     /// Hands everything buffered to publication; `reply` learns when it is published.
@@ -391,6 +406,9 @@ impl SpanWriter {
             }
             None => (BTreeMap::new(), BTreeMap::new(), None, wal_end),
         };
+        let checkpoint = self
+            .unbuffered_since
+            .map_or(checkpoint, |held| held.min(checkpoint));
         self.buffered_rows = 0;
         self.buffered_bytes = 0;
         self.oldest = None;

@@ -169,26 +169,8 @@ impl Publisher {
         buffer: &PartitionBuffer,
         wal_end: WalPosition,
     ) -> Result<()> {
-        let mut order: Vec<(u32, u32)> = Vec::with_capacity(buffer.rows);
-        for (b, batch) in buffer.batches.iter().enumerate() {
-            order.extend((0..batch.spans.len() as u32).map(|i| (b as u32, i)));
-        }
-        let span = move |(b, i): (u32, u32)| &buffer.batches[b as usize].spans[i as usize];
-        if self.cluster_by_credential {
-            // Nulls last, as the file's declared sorting columns say.
-            order.sort_unstable_by(|&a, &b| {
-                let key = |at| {
-                    let span = span(at);
-                    let fingerprint = span.credential.as_ref().map(|c| c.fingerprint.as_str());
-                    (fingerprint.is_none(), fingerprint, span.start_time)
-                };
-                key(a).cmp(&key(b))
-            });
-        } else {
-            order.sort_by_key(|&at| span(at).start_time);
-        }
-        let batch = spans_batch::to_record_batch(&buffer.batches, &order)
-            .map_err(|e| Error::Parquet(format!("building the spans batch: {e}")))?;
+        let batch = spans_batch::sorted_for_file(&buffer.batches, self.cluster_by_credential)
+            .map_err(|e| Error::Parquet(format!("sorting the spans batch: {e}")))?;
         let footer = Some((WAL_END_KEY, wal_end.to_string()));
         self.write_file(
             spans::TABLE,

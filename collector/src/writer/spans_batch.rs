@@ -1,4 +1,10 @@
-//! Buffered spans → one Arrow `RecordBatch` in the `spans` schema (schemas crate, version 1).
+//! Spans → Arrow `RecordBatch`es in the `spans` schema (schemas crate).
+//!
+//! Each durable batch becomes columns as soon as the writer takes it ([`to_record_batch`]),
+//! while its rows are still in cache; a flush only sorts those columns ([`sorted_for_file`])
+//! and encodes them. Building the columns of a whole flush from its rows at once, in the
+//! file's order, read ~40 scattered heap strings per span long after they were written: 7 % of
+//! the collector's CPU was the publisher stalled in those copies (BENCHMARKS.md, stop 21).
 
 use std::sync::Arc;
 
@@ -6,31 +12,14 @@ use arrow::array::{
     ArrayRef, BooleanBuilder, Int32Builder, Int64Builder, ListBuilder, MapBuilder, MapFieldNames,
     StringBuilder, StructBuilder, TimestampNanosecondBuilder,
 };
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use idtrail_schemas::spans;
 
-use crate::record::{SpanBatch, SpanRow};
-
-/// Rough in-memory size of a buffered span, for the buffer limit.
-pub fn estimated_bytes(r: &SpanRow) -> usize {
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    std::mem::size_of::<SpanRow>()
-        + r.name.len()
-        + opt(&r.user_id)
-        + opt(&r.session_id)
-        + opt(&r.agent_id)
-        + opt(&r.tool_call_id)
-        + opt(&r.api_route)
-        + opt(&r.effect_target)
-        + r.credential
-            .as_ref()
-            .map_or(0, |c| c.fingerprint.len() + c.attribute.len())
-        + r.attributes
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 48)
-            .sum::<usize>()
-}
+use crate::record::SpanBatch;
 
 fn hex_into(bytes: &[u8], out: &mut StringBuilder) {
     let mut buf = [0u8; 32];
@@ -86,13 +75,9 @@ fn append_map(
     builder.append(true)
 }
 
-/// Builds the batch from `batches`, rows taken in `order` (`(batch, row)` indexes): the writer
-/// sorts the small index, never the rows themselves.
-pub fn to_record_batch(
-    batches: &[SpanBatch],
-    order: &[(u32, u32)],
-) -> Result<RecordBatch, ArrowError> {
-    let n = order.len();
+/// The columns of `batch`'s spans, in the batch's order.
+pub fn to_record_batch(batch: &SpanBatch) -> Result<RecordBatch, ArrowError> {
+    let n = batch.spans.len();
     let mut trace_id = StringBuilder::with_capacity(n, n * 32);
     let mut span_id = StringBuilder::with_capacity(n, n * 16);
     let mut parent_span_id = StringBuilder::with_capacity(n, n * 16);
@@ -149,13 +134,8 @@ pub fn to_record_batch(
     let mut ingest_principal = strings(n);
     let mut ingested_at = utc(n);
 
-    for &(b, i) in order {
-        let Some((header, r)) = batches
-            .get(b as usize)
-            .and_then(|batch| Some((&batch.header, batch.spans.get(i as usize)?)))
-        else {
-            continue;
-        };
+    let header = &batch.header;
+    for r in &batch.spans {
         let resource = header.resources.get(r.resource as usize);
         let res = |f: fn(&crate::record::ResourceInfo) -> &Option<String>| {
             resource.and_then(|info| f(info).as_deref())
@@ -301,4 +281,36 @@ pub fn to_record_batch(
         Arc::new(ingested_at.finish()),
     ];
     RecordBatch::try_new(spans::schema(), columns)
+}
+
+/// One file's rows: `batches` (one partition's, as the writer buffered them) concatenated and
+/// sorted as the spans files declare (ADR 10): by `credential_fp` (nulls last) then
+/// `start_time` when `cluster_by_credential`, else by `start_time` alone.
+pub fn sorted_for_file(
+    batches: &[RecordBatch],
+    cluster_by_credential: bool,
+) -> Result<RecordBatch, ArrowError> {
+    let all = concat_batches(&spans::schema(), batches)?;
+    let column = |name: &str| {
+        all.column_by_name(name)
+            .cloned()
+            .ok_or_else(|| ArrowError::SchemaError(format!("spans batch without {name}")))
+    };
+    let ascending = |nulls_first| SortOptions {
+        descending: false,
+        nulls_first,
+    };
+    let mut keys = Vec::with_capacity(2);
+    if cluster_by_credential {
+        keys.push(SortColumn {
+            values: column(spans::col::CREDENTIAL_FP)?,
+            options: Some(ascending(false)),
+        });
+    }
+    keys.push(SortColumn {
+        values: column(spans::col::START_TIME)?,
+        options: Some(ascending(false)),
+    });
+    let order = lexsort_to_indices(&keys, None)?;
+    take_record_batch(&all, &order)
 }
