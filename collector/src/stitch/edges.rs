@@ -4,7 +4,7 @@
 //! Each trace yields observations (one per span that evidences a relation); the aggregate keeps
 //! per edge and hour partition the first and last time seen, the count and one sample trace.
 
-use std::collections::HashMap;
+use ahash::AHashMap as HashMap;
 
 use idtrail_schemas::layout::Partition;
 

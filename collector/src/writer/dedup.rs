@@ -44,7 +44,11 @@ impl Dedup {
     /// Records the id; `false` if it was seen within the window (a duplicate).
     pub fn insert(&mut self, trace_id: &[u8; 16], span_id: &[u8; 8]) -> bool {
         if self.rotated_at.elapsed() >= self.half_window || self.current.len() >= self.max_entries {
-            self.previous = std::mem::take(&mut self.current);
+            // The old generation's table becomes the new one, emptied but not freed: growing a
+            // set from empty each rotation rehashed it a dozen times and had the kernel zero
+            // its pages anew (most of the writer thread's page zeroing at full load).
+            std::mem::swap(&mut self.previous, &mut self.current);
+            self.current.clear();
             self.rotated_at = Instant::now();
         }
         let key = self.key(trace_id, span_id);
