@@ -264,10 +264,10 @@ impl SecretScrubber {
         from_authorization: bool,
         found: &mut Vec<FoundSecret>,
     ) -> String {
-        let token = is_jwt(material)
-            .then(|| self.jwt.decode(material))
-            .flatten();
         let fingerprint = self.fingerprinter.fingerprint(material.as_bytes());
+        let token = is_jwt(material)
+            .then(|| self.jwt.decode_once(&fingerprint, material))
+            .flatten();
         found.push(FoundSecret {
             kind,
             attribute: key.to_string(),
