@@ -355,7 +355,11 @@ impl SpanWriter {
             return;
         };
         let partition = Partition::of_nanos(first.start_time);
-        let columns = match spans_batch::to_record_batch(&batch) {
+        let in_order = spans_batch::to_record_batch_in_file_order(
+            &batch,
+            self.config.cluster_spans_by_credential,
+        );
+        let columns = match in_order {
             Ok(columns) => columns,
             Err(error) => {
                 tracing::error!(%error, %position, spans = batch.spans.len(),
