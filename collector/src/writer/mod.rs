@@ -355,11 +355,7 @@ impl SpanWriter {
             return;
         };
         let partition = Partition::of_nanos(first.start_time);
-        let in_order = spans_batch::to_record_batch_in_file_order(
-            &batch,
-            self.config.cluster_spans_by_credential,
-        );
-        let columns = match in_order {
+        let columns = match spans_batch::to_record_batch(&batch) {
             Ok(columns) => columns,
             Err(error) => {
                 tracing::error!(%error, %position, spans = batch.spans.len(),

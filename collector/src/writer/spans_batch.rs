@@ -20,7 +20,7 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use idtrail_schemas::spans;
 
-use crate::record::{SpanBatch, SpanRow};
+use crate::record::SpanBatch;
 
 fn hex_into(bytes: &[u8], out: &mut StringBuilder) {
     let mut buf = [0u8; 32];
@@ -78,34 +78,7 @@ fn append_map(
 
 /// The columns of `batch`'s spans, in the batch's order.
 pub fn to_record_batch(batch: &SpanBatch) -> Result<RecordBatch, ArrowError> {
-    columns_of(batch, batch.spans.iter())
-}
-
-/// The columns of `batch`'s spans in the order of the file they will go to (as
-/// [`sorted_for_file`] sorts). A flush then takes each buffered batch's rows front to back,
-/// interleaved with the other batches', instead of at random: a few hundred cache lines in use
-/// per column rather than one miss per value.
-pub fn to_record_batch_in_file_order(
-    batch: &SpanBatch,
-    cluster_by_credential: bool,
-) -> Result<RecordBatch, ArrowError> {
-    let mut order: Vec<&SpanRow> = batch.spans.iter().collect();
-    if cluster_by_credential {
-        order.sort_by_key(|span| {
-            let fingerprint = span.credential.as_ref().map(|c| c.fingerprint.as_str());
-            (fingerprint.is_none(), fingerprint, span.start_time)
-        });
-    } else {
-        order.sort_by_key(|span| span.start_time);
-    }
-    columns_of(batch, order.into_iter())
-}
-
-fn columns_of<'a>(
-    batch: &'a SpanBatch,
-    rows: impl ExactSizeIterator<Item = &'a SpanRow>,
-) -> Result<RecordBatch, ArrowError> {
-    let n = rows.len();
+    let n = batch.spans.len();
     let mut trace_id = StringBuilder::with_capacity(n, n * 32);
     let mut span_id = StringBuilder::with_capacity(n, n * 16);
     let mut parent_span_id = StringBuilder::with_capacity(n, n * 16);
@@ -163,7 +136,7 @@ fn columns_of<'a>(
     let mut ingested_at = utc(n);
 
     let header = &batch.header;
-    for r in rows {
+    for r in &batch.spans {
         let resource = header.resources.get(r.resource as usize);
         let res = |f: fn(&crate::record::ResourceInfo) -> &Option<String>| {
             resource.and_then(|info| f(info).as_deref())
