@@ -137,9 +137,11 @@ pub struct SpanWriter {
     /// Shared with every [`WriterHandle`]: see [`WriterHandle::shed_stitch_buffer`].
     shed_request: Arc<AtomicUsize>,
     publish_to: PublishTo,
-    /// The WAL position of the first batch whose columns could not be built (a defect, never
-    /// expected): the WAL is never checkpointed past it, so its spans wait there for a fixed
-    /// collector instead of being lost.
+    /// The WAL position of the first batch whose columns could not be built (a defect: the
+    /// schema is fixed, so it never happens for one batch and not the rest). From then on the
+    /// writer takes and publishes nothing, as when publication keeps failing: a later file's
+    /// footer would cover that record and replay would skip it. Everything stays in the WAL,
+    /// whose cap then refuses exports as retryable, until a fixed collector replays it.
     unbuffered_since: Option<WalPosition>,
 }
 
@@ -295,6 +297,9 @@ impl SpanWriter {
     /// Buffers a durable batch, dropping retried duplicates and, on replay, rows already
     /// published.
     pub fn accept(&mut self, batch: SpanBatch, position: WalPosition, replayed: bool) {
+        if self.unbuffered_since.is_some() {
+            return;
+        }
         // Per span: does the stitcher see it (not a retried duplicate), and does the writer
         // store it (not a duplicate, and not already in a published file).
         let mut stitch = Vec::with_capacity(batch.spans.len());
@@ -359,7 +364,7 @@ impl SpanWriter {
             Ok(columns) => columns,
             Err(error) => {
                 tracing::error!(%error, %position, spans = batch.spans.len(),
-                    "could not build the spans columns of a WAL record; it stays in the WAL");
+                    "could not build the spans columns of a WAL record; publication stops and the WAL keeps everything from it on");
                 self.unbuffered_since.get_or_insert(position);
                 return;
             }
@@ -375,6 +380,15 @@ impl SpanWriter {
 
     /// Hands everything buffered to publication; `reply` learns when it is published.
     fn submit(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
+        if let Some(position) = self.unbuffered_since {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(Error::Parquet(format!(
+                    "the spans of WAL record {position} could not be built into columns; \
+                     nothing is published from there on and the WAL keeps everything"
+                ))));
+            }
+            return;
+        }
         let Some(wal_end) = self.last_position else {
             if let Some(reply) = reply {
                 let _ = reply.send(Ok(()));
@@ -406,9 +420,6 @@ impl SpanWriter {
             }
             None => (BTreeMap::new(), BTreeMap::new(), None, wal_end),
         };
-        let checkpoint = self
-            .unbuffered_since
-            .map_or(checkpoint, |held| held.min(checkpoint));
         self.buffered_rows = 0;
         self.buffered_bytes = 0;
         self.oldest = None;
