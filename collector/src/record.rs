@@ -108,6 +108,22 @@ pub struct TokenClaims {
     pub verified: bool,
 }
 
+impl TokenClaims {
+    /// The bytes of the kept claims' text, for memory bounds.
+    pub fn kept_bytes(&self) -> usize {
+        let text = [&self.iss, &self.sub, &self.client_id, &self.jti];
+        let lists = [&self.scopes, &self.audience, &self.actors, &self.may_act];
+        text.iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            + lists
+                .iter()
+                .flat_map(|list| list.iter())
+                .map(|s| s.len() + std::mem::size_of::<String>())
+                .sum::<usize>()
+    }
+}
+
 /// Where a credential was found and what shape it had.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub enum CredentialKind {

@@ -17,11 +17,24 @@ use crate::record::TokenClaims;
 /// ending early). Guards against hostile tokens.
 const MAX_ACT_DEPTH: usize = 32;
 
-/// How many decoded tokens are remembered, by fingerprint. A token is sent with every call
-/// made under it until it expires, so most JWTs a collector sees it has decoded before: at full
-/// load decoding was 4.3 % of the collector's CPU (BENCHMARKS.md, stop 21). A few thousand
-/// tokens of kept claims is a few MiB.
+/// Decoded tokens are remembered by fingerprint: a token is sent with every call made under it
+/// until it expires, so most JWTs a collector sees it has decoded before (at full load decoding
+/// was 4.3 % of the collector's CPU; BENCHMARKS.md, stop 21). About this many tokens…
 const DECODED_TOKENS_KEPT: usize = 4096;
+/// …within this many bytes of kept claims: a hostile token's claims (scopes, audiences, actors)
+/// can be megabytes, and a count alone would let 4,096 of them pin gigabytes.
+const DECODED_TOKEN_BYTES_KEPT: u64 = 16 << 20;
+
+/// A remembered token's weight: its kept claims' bytes, its fingerprint and a fixed overhead.
+#[derive(Clone)]
+struct ClaimsBytes;
+
+impl quick_cache::Weighter<String, Option<DecodedToken>> for ClaimsBytes {
+    fn weight(&self, fingerprint: &String, decoded: &Option<DecodedToken>) -> u64 {
+        let claims = decoded.as_ref().map_or(0, |d| d.claims.kept_bytes());
+        (fingerprint.len() + claims + 128) as u64
+    }
+}
 
 /// Decodes tokens, checking signatures against a JWKS when one is configured.
 pub struct JwtDecoder {
@@ -29,7 +42,7 @@ pub struct JwtDecoder {
     /// Decoded tokens by keyed fingerprint (never the token itself). Decoding is a function of
     /// the token and the JWKS alone (no clock: expired tokens still verify), so a remembered
     /// result is the result.
-    decoded: quick_cache::sync::Cache<String, Option<DecodedToken>>,
+    decoded: quick_cache::sync::Cache<String, Option<DecodedToken>, ClaimsBytes>,
 }
 
 impl Default for JwtDecoder {
@@ -65,7 +78,11 @@ impl JwtDecoder {
     fn with_jwks(jwks: Option<JwkSet>) -> JwtDecoder {
         JwtDecoder {
             jwks,
-            decoded: quick_cache::sync::Cache::new(DECODED_TOKENS_KEPT),
+            decoded: quick_cache::sync::Cache::with_weighter(
+                DECODED_TOKENS_KEPT,
+                DECODED_TOKEN_BYTES_KEPT,
+                ClaimsBytes,
+            ),
         }
     }
 

@@ -381,6 +381,9 @@ impl SpanWriter {
     /// Hands everything buffered to publication; `reply` learns when it is published.
     fn submit(&mut self, reply: Option<oneshot::Sender<Result<()>>>) {
         if let Some(position) = self.unbuffered_since {
+            // No file is due any more: without this the intake loop would wake at once, again
+            // and again.
+            self.oldest = None;
             if let Some(reply) = reply {
                 let _ = reply.send(Err(Error::Parquet(format!(
                     "the spans of WAL record {position} could not be built into columns; \

@@ -14,7 +14,7 @@ use arrow::array::{
     UInt32Array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::compute::{SortColumn, SortOptions, concat_batches, lexsort_to_indices, take};
+use arrow::compute::{SortColumn, SortOptions, concat, lexsort_to_indices, take};
 use arrow::datatypes::DataType;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -41,8 +41,14 @@ fn strings(capacity: usize) -> StringBuilder {
     StringBuilder::with_capacity(capacity, capacity * 8)
 }
 
+/// Item builders are sized from the batch, not `StringBuilder::new()`'s 1,024 items: a batch
+/// of a few spans would otherwise carry ~5 KiB per list and map column while buffered.
+fn items(rows: usize) -> StringBuilder {
+    StringBuilder::with_capacity(rows, rows * 8)
+}
+
 fn string_list(capacity: usize) -> ListBuilder<StringBuilder> {
-    ListBuilder::with_capacity(StringBuilder::new(), capacity)
+    ListBuilder::with_capacity(items(capacity), capacity)
 }
 
 fn string_map(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
@@ -52,8 +58,8 @@ fn string_map(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
             key: "key".into(),
             value: "value".into(),
         }),
-        StringBuilder::new(),
-        StringBuilder::new(),
+        items(capacity),
+        items(capacity),
         capacity,
     )
 }
@@ -291,12 +297,17 @@ pub fn sorted_for_file(
     batches: &[RecordBatch],
     cluster_by_credential: bool,
 ) -> Result<RecordBatch, ArrowError> {
-    let all = concat_batches(&spans::schema(), batches)?;
-    let column = |name: &str| {
-        all.column_by_name(name)
-            .cloned()
-            .ok_or_else(|| ArrowError::SchemaError(format!("spans batch without {name}")))
+    let schema = spans::schema();
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
+    }
+    // One column concatenated at a time (the sort keys first), so a flush holds the buffered
+    // batches, the sorted output and one concatenated column, not a second copy of everything.
+    let concatenated = |index: usize| {
+        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(index).as_ref()).collect();
+        concat(&parts)
     };
+    let column = |name: &str| concatenated(schema.index_of(name)?);
     let ascending = |nulls_first| SortOptions {
         descending: false,
         nulls_first,
@@ -313,12 +324,11 @@ pub fn sorted_for_file(
         options: Some(ascending(false)),
     });
     let order = lexsort_to_indices(&keys, None)?;
-    let columns = all
-        .columns()
-        .iter()
-        .map(|column| take_column(column, &order))
+    drop(keys);
+    let columns = (0..schema.fields().len())
+        .map(|index| take_column(&concatenated(index)?, &order))
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(all.schema(), columns)
+    RecordBatch::try_new(schema, columns)
 }
 
 /// Arrow's `take`, but for list and map columns it takes their items by the expanded item
@@ -380,8 +390,28 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::SpanRow;
     use arrow::array::{StringArray, StructArray};
     use arrow::datatypes::{Field, Fields};
+
+    /// What a buffered batch of one span holds: small exports must not each pin the default
+    /// capacities of some fifty builders (the flush threshold counts this size).
+    #[test]
+    fn a_one_span_batch_is_buffered_in_a_few_kib() {
+        let batch = SpanBatch {
+            header: Default::default(),
+            spans: vec![SpanRow {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                start_time: 1,
+                end_time: 2,
+                attributes: vec![("k".into(), "v".into())],
+                ..Default::default()
+            }],
+        };
+        let bytes = to_record_batch(&batch).unwrap().get_array_memory_size();
+        assert!(bytes < 16 << 10, "{bytes} bytes for one span");
+    }
 
     /// Lists and a map with nulls, empty rows and several items, taken in a shuffled order with
     /// a repeat: the result must be what arrow's own `take` gives.
