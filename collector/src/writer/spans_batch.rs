@@ -41,14 +41,11 @@ fn strings(capacity: usize) -> StringBuilder {
     StringBuilder::with_capacity(capacity, capacity * 8)
 }
 
-/// Item builders are sized from the batch, not `StringBuilder::new()`'s 1,024 items: a batch
-/// of a few spans would otherwise carry ~5 KiB per list and map column while buffered.
-fn items(rows: usize) -> StringBuilder {
-    StringBuilder::with_capacity(rows, rows * 8)
-}
-
+// List and map item builders are sized from the batch like every other column, not with
+// `StringBuilder::new()`'s 1,024 items: a batch of a few spans would otherwise carry ~5 KiB per
+// list and map column while buffered.
 fn string_list(capacity: usize) -> ListBuilder<StringBuilder> {
-    ListBuilder::with_capacity(items(capacity), capacity)
+    ListBuilder::with_capacity(strings(capacity), capacity)
 }
 
 fn string_map(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
@@ -58,8 +55,8 @@ fn string_map(capacity: usize) -> MapBuilder<StringBuilder, StringBuilder> {
             key: "key".into(),
             value: "value".into(),
         }),
-        items(capacity),
-        items(capacity),
+        strings(capacity),
+        strings(capacity),
         capacity,
     )
 }
